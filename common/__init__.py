@@ -1,0 +1,1 @@
+"""Shared pieces of the LEAD pipeline: data, augmentation, metrics (and, later, models and losses)."""

@@ -1,0 +1,169 @@
+"""Image files in, RGB out: header checks, mode conversion, and the bad-input ledger.
+
+Every reader funnels its files through `records_to_dataset`, so every source gets the same
+rules: a missing annotation file is a `DataError` (one line, exit 2); an unreadable, truncated
+or degenerate image (< 8x8) is skipped, counted and listed; a load fails when more than
+`max_bad_frac` of the images are bad. Grey, RGBA, palette, CMYK and 16-bit images are
+converted to 8-bit RGB, never skipped.
+
+Coordinates across the project: (x, y) in pixels, 0-based, at pixel centres (the centre of the
+top-left pixel is (0, 0); the image spans [-0.5, W - 0.5]). Readers of 1-based formats subtract 1.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image, ImageOps
+
+logger = logging.getLogger("lead.data")
+MIN_SIDE = 8
+
+
+class DataError(Exception):
+    """A problem with the user's data or paths; scripts print it as one line and exit 2."""
+
+
+class BadImage(Exception):
+    """One image that cannot be used; the caller skips and counts it."""
+
+
+def require(path: str | Path, expected: str) -> Path:
+    """Return `path` if it exists, else raise a one-line DataError naming it and what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found (expected {expected})")
+    return path
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; 16-bit and float images are rescaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode in ("P", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")  # L, LA, RGBA, CMYK, YCbCr, 1 ...
+
+
+def open_rgb(source: str | Path | bytes, exif: bool = False) -> Image.Image:
+    """Decode fully and return RGB; raise BadImage with a short reason when it cannot be used.
+
+    exif=True applies the EXIF orientation (for unlabelled photos; annotated data sets give
+    coordinates in the stored pixel grid, so their readers leave it off).
+    """
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img.load()
+    except FileNotFoundError:
+        raise BadImage("missing file") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise BadImage(f"unreadable ({type(e).__name__}: {str(e)[:60]})") from None
+    if min(img.size) < MIN_SIDE:
+        raise BadImage(f"degenerate size {img.size[0]}x{img.size[1]}")
+    if exif:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def inspect_header(path: str | Path) -> tuple[str | None, bool, tuple[int, int]]:
+    """Cheap check of one file (header only): (reason it is bad or None, needs conversion, size)."""
+    try:
+        with Image.open(path) as img:
+            size, mode, info = img.size, img.mode, img.info
+    except FileNotFoundError:
+        return "missing file", False, (0, 0)
+    except Exception as e:
+        return f"unreadable ({type(e).__name__})", False, (0, 0)
+    if min(size) < MIN_SIDE:
+        return f"degenerate size {size[0]}x{size[1]}", False, size
+    return None, mode not in ("RGB", "L") or "transparency" in info, size
+
+
+@dataclass
+class BadLedger:
+    """Counts skipped images across a load and enforces the allowed share."""
+
+    name: str
+    max_bad_frac: float = 0.01
+    total: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.bad.append((str(path), reason))
+
+    def report(self) -> None:
+        if not self.bad:
+            return
+        frac = len(self.bad) / max(self.total, 1)
+        listed = "; ".join(f"{p} ({r})" for p, r in self.bad[:20])
+        more = f"; ... {len(self.bad) - 20} more" if len(self.bad) > 20 else ""
+        logger.warning("%s: skipped %d of %d images (%.2f%%): %s%s",
+                       self.name, len(self.bad), self.total, 100 * frac, listed, more)
+        if frac > self.max_bad_frac:
+            raise DataError(f"{self.name}: {len(self.bad)} of {self.total} images are bad "
+                            f"({100 * frac:.1f}% > --max_bad_frac {100 * self.max_bad_frac:.1f}%); "
+                            f"first: {self.bad[0][0]} ({self.bad[0][1]})")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def features(num_points: int | None) -> datasets.Features:
+    """The project's row format (DESIGN.md), plus `box`: the protocol's face square (x0, y0, x1, y1)
+    in the image's pixel coordinates, edges included, that preprocessing crops and resizes."""
+    f = {"image": datasets.Image(), "identity": datasets.Value("int64"),
+         "box": datasets.List(datasets.Value("float32"), length=4)}
+    if num_points:
+        f["landmarks"] = datasets.Array2D((num_points, 2), "float32")
+        f["visible"] = datasets.List(datasets.Value("bool"), length=num_points)
+    return datasets.Features(f)
+
+
+def full_box(width: int, height: int) -> list[float]:
+    return [-0.5, -0.5, width - 0.5, height - 0.5]
+
+
+def records_to_dataset(records: list[dict], name: str, max_bad_frac: float = 0.01,
+                       num_points: int | None = None, exif: bool = False) -> datasets.Dataset:
+    """Build a Dataset from rows whose `image` is a file path; check each header, skip and count bad
+    files, embed converted RGB for odd modes. Rows: image, [landmarks, visible], [identity], [box]
+    (box defaults to the whole image, identity to -1)."""
+    ledger = BadLedger(name, max_bad_frac, total=len(records))
+    rows: dict[str, list] = {k: [] for k in features(num_points)}
+    for rec in records:
+        path = str(rec["image"])
+        reason, convert, size = inspect_header(path)
+        if reason is None and (convert or exif):
+            try:
+                img = open_rgb(path, exif=exif)
+                size = img.size
+            except BadImage as e:
+                reason = str(e)
+        if reason is not None:
+            ledger.add(path, reason)
+            continue
+        if convert or exif:
+            rows["image"].append({"bytes": png_bytes(img), "path": path})
+        else:
+            rows["image"].append({"bytes": None, "path": path})
+        rows["identity"].append(int(rec.get("identity", -1)))
+        rows["box"].append(rec["box"] if "box" in rec else full_box(*size))
+        if num_points:
+            lm = np.asarray(rec["landmarks"], dtype=np.float32).reshape(num_points, 2)
+            rows["landmarks"].append(lm)
+            vis = rec.get("visible")
+            rows["visible"].append([True] * num_points if vis is None else [bool(v) for v in vis])
+    ledger.report()
+    return datasets.Dataset.from_dict(rows, features=features(num_points))
