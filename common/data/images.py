@@ -85,7 +85,7 @@ def inspect_header(path: str | Path) -> tuple[str | None, bool, tuple[int, int]]
         return f"unreadable ({type(e).__name__})", False, (0, 0)
     if min(size) < MIN_SIDE:
         return f"degenerate size {size[0]}x{size[1]}", False, size
-    return None, mode not in ("RGB", "L") or "transparency" in info, size
+    return None, mode != "RGB" or "transparency" in info, size
 
 
 @dataclass
@@ -155,7 +155,7 @@ def records_to_dataset(records: list[dict], name: str, max_bad_frac: float = 0.0
             ledger.add(path, reason)
             continue
         if convert or exif:
-            rows["image"].append({"bytes": png_bytes(img), "path": path})
+            rows["image"].append({"bytes": png_bytes(img), "path": None})  # a path would win over bytes
         else:
             rows["image"].append({"bytes": None, "path": path})
         rows["identity"].append(int(rec.get("identity", -1)))
