@@ -116,7 +116,7 @@ class BadLedger:
 
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # ~5x faster than the default, ~20% larger
     return buf.getvalue()
 
 

@@ -1,0 +1,76 @@
+"""Thin-plate-spline warps with exact point correspondence (the same-identity matching protocol).
+
+A warp is stored as its backward map W: a pixel y of the warped image B samples the source image A
+at W(y). kornia solves and evaluates the spline (tested upstream; we would otherwise hand-write
+the TPS linear system); images are resampled with grid_sample at W of every pixel centre, and a
+point x of A is carried to B by solving W(y) = x with Newton's method, so the truth is exact (to
+1e-3 px), not the approximate inverse that fitting a second spline the other way would give.
+Coordinates are pixel centres, as everywhere in the project (common/data/images.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from kornia.geometry.transform import get_tps_transform, warp_points_tps
+
+
+@dataclass
+class TPS:
+    """Backward maps W_n of N warps on size x size images: control points ctrl_b (in B) go to ctrl_a (in A)."""
+    ctrl_b: torch.Tensor   # [N, K, 2]
+    ctrl_a: torch.Tensor   # [N, K, 2]
+    kernel: torch.Tensor   # [N, K, 2]
+    affine: torch.Tensor   # [N, 3, 2]
+    size: int
+
+    def backward(self, pts_b: torch.Tensor) -> torch.Tensor:
+        """W: points of B [N, P, 2] -> where they come from in A [N, P, 2]."""
+        return warp_points_tps(pts_b, self.ctrl_a, self.kernel, self.affine)
+
+    def forward(self, pts_a: torch.Tensor, steps: int = 12) -> torch.Tensor:
+        """W^-1: points of A [N, P, 2] -> their place in B, by Newton's method on W(y) = x."""
+        y = pts_a.clone()
+        eps = 1e-2
+        for _ in range(steps):
+            w = self.backward(y)
+            jx = (self.backward(y + torch.tensor([eps, 0.0])) - w) / eps    # dW/dy_x  [N, P, 2]
+            jy = (self.backward(y + torch.tensor([0.0, eps])) - w) / eps
+            r = w - pts_a
+            det = jx[..., 0] * jy[..., 1] - jx[..., 1] * jy[..., 0]
+            # solve [jx jy] d = r for d (2x2 per point)
+            dx = (r[..., 0] * jy[..., 1] - r[..., 1] * jy[..., 0]) / det
+            dy = (jx[..., 0] * r[..., 1] - jx[..., 1] * r[..., 0]) / det
+            y = y - torch.stack([dx, dy], -1).nan_to_num(0.0).clamp(-self.size / 8, self.size / 8)  # damped
+        return y
+
+    def warp(self, images: torch.Tensor, padding_mode: str = "reflection") -> torch.Tensor:
+        """Resample A [N, C, S, S] (float) into B."""
+        s = self.size
+        pix = torch.arange(s, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(pix, pix, indexing="xy"), -1).reshape(1, s * s, 2)
+        src = self.backward(grid.expand(len(images), -1, -1))
+        norm = rearrange((2 * src + 1) / s - 1, "n (h w) c -> n h w c", h=s)
+        return F.grid_sample(images, norm, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def random_tps(n: int, size: int, generator: torch.Generator | None = None, grid: int = 4,
+               jitter: float = 0.04, rotate_deg: float = 8.0, scale: float = 0.08,
+               shift: float = 0.04) -> TPS:
+    """Random warps in the style of DVE's Warper: a global similarity (rotation, scale, shift) plus
+    independent jitter of a grid x grid lattice of control points (fractions of the image size)."""
+    g = generator
+    lin = torch.linspace(-0.5, 0.5, grid) * size * 0.9
+    ctrl_b = torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1).reshape(1, -1, 2).repeat(n, 1, 1)
+    ang = torch.deg2rad(rotate_deg * (2 * torch.rand(n, generator=g) - 1))
+    sc = 1 + scale * (2 * torch.rand(n, generator=g) - 1)
+    rot = torch.stack([torch.cos(ang), -torch.sin(ang), torch.sin(ang), torch.cos(ang)], -1).reshape(n, 2, 2)
+    ctrl_a = (ctrl_b @ rot.transpose(1, 2)) * sc[:, None, None]
+    ctrl_a = ctrl_a + shift * size * (2 * torch.rand(n, 1, 2, generator=g) - 1)
+    ctrl_a = ctrl_a + jitter * size * (2 * torch.rand(n, ctrl_b.shape[1], 2, generator=g) - 1)  # bounded: no folds
+    centre = (size - 1) / 2
+    ctrl_b, ctrl_a = ctrl_b + centre, ctrl_a + centre
+    kernel, affine = get_tps_transform(ctrl_b, ctrl_a)
+    return TPS(ctrl_b, ctrl_a, kernel, affine, size)

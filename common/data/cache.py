@@ -1,0 +1,150 @@
+"""The uint8 tensor cache: every image decoded, cropped to its `box` and resized once.
+
+Training never decodes a JPEG in its hot loop: it slices `images` ([N, 3, S, S] uint8, a
+memory-mapped .npy file, no pickle) and moves whole batches to the accelerator. A folder holds
+    images.npy     uint8  [N, 3, S, S]
+    landmarks.npy  float32 [N, K, 2]  in cache pixels (same convention as the rows: pixel centres)
+    visible.npy    bool   [N, K]
+    identity.npy   int64  [N]
+    rows.npy       int64  [N]          the dataset row each image came from (bad rows are skipped)
+    meta.json      size, count, source, and the list of skipped files
+meta.json is written last, so a folder without it is an unfinished build and is rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import BadImage, BadLedger, open_rgb
+
+logger = logging.getLogger("lead.data")
+ARRAYS = ("images", "landmarks", "visible", "identity", "rows")
+
+
+class TensorCache:
+    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict):
+        self.folder, self.meta = Path(folder), meta
+        for k in ARRAYS:
+            setattr(self, k, arrays[k])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @classmethod
+    def create(cls, folder: Path, n: int, size: int, num_points: int) -> "TensorCache":
+        """Empty memory-mapped arrays to fill; call finish() when done."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        shapes = {"images": ((n, 3, size, size), np.uint8), "landmarks": ((n, num_points, 2), np.float32),
+                  "visible": ((n, num_points), np.bool_), "identity": ((n,), np.int64), "rows": ((n,), np.int64)}
+        arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=dt, shape=sh)
+                  for k, (sh, dt) in shapes.items()}
+        arrays["rows"][:] = np.arange(n)
+        return cls(folder, arrays, {})
+
+    @classmethod
+    def open(cls, folder: Path, mode: str = "r") -> "TensorCache":
+        folder = Path(folder)
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode=mode, allow_pickle=False) for k in ARRAYS}
+        meta_path = folder / "meta.json"
+        return cls(folder, arrays, json.loads(meta_path.read_text()) if meta_path.exists() else {})
+
+    @classmethod
+    def load(cls, folder: Path) -> "TensorCache":
+        if not (Path(folder) / "meta.json").exists():
+            raise FileNotFoundError(f"{folder}: not a finished tensor cache (no meta.json)")
+        return cls.open(folder)
+
+    def finish(self, meta: dict) -> None:
+        for k in ARRAYS:
+            getattr(self, k).flush()
+        self.meta = {**meta, "count": len(self), "size": self.size}
+        (self.folder / "meta.json").write_text(json.dumps(self.meta, indent=1))
+
+    def batch(self, idx) -> dict[str, torch.Tensor]:
+        """Rows `idx` as tensors (copied out of the memory map)."""
+        idx = np.asarray(idx)
+        return {"images": torch.from_numpy(np.ascontiguousarray(self.images[idx])),
+                "landmarks": torch.from_numpy(np.ascontiguousarray(self.landmarks[idx])),
+                "visible": torch.from_numpy(np.ascontiguousarray(self.visible[idx])),
+                "identity": torch.from_numpy(np.ascontiguousarray(self.identity[idx]))}
+
+
+def crop_resize(img: Image.Image, box, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Crop `box` (x0, y0, x1, y1; pixel-centre coordinates, edges; may leave the image: zero
+    padding, as DVE does) and resize to size x size with antialiasing. Returns the uint8 array
+    [3, S, S] and the affine map (scale [2], offset [2]) that takes image points to cache points."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    # PIL's boxes use pixel edges (the image spans [0, W]); ours use centres (it spans [-0.5, W - 0.5])
+    ex0, ey0, ex1, ey1 = x0 + 0.5, y0 + 0.5, x1 + 0.5, y1 + 0.5
+    ix0, iy0 = int(np.floor(ex0)), int(np.floor(ey0))
+    ix1, iy1 = int(np.ceil(ex1)), int(np.ceil(ey1))
+    region = img.crop((ix0, iy0, ix1, iy1))  # zero-pads outside the image
+    out = region.resize((size, size), Image.BILINEAR, box=(ex0 - ix0, ey0 - iy0, ex1 - ix0, ey1 - iy0),
+                        reducing_gap=None)
+    scale = np.array([size / (x1 - x0), size / (y1 - y0)], np.float32)
+    # x_cache + 0.5 = (x + 0.5 - ex0) * scale  (edges map to edges)
+    offset = (0.5 - np.array([ex0, ey0], np.float32)) * scale - 0.5
+    return np.asarray(out, np.uint8).transpose(2, 0, 1), scale, offset
+
+
+def build_from_dataset(ds: datasets.Dataset, folder: Path, size: int, name: str,
+                       max_bad_frac: float = 0.01, source: dict | None = None) -> TensorCache:
+    """Decode every row once; rows whose image cannot be decoded are skipped, counted and listed
+    in meta.json (and the build fails past max_bad_frac). Written to a temporary folder first."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    has_lm = "landmarks" in ds.column_names
+    k = np.asarray(ds[0]["landmarks"]).shape[0] if has_lm and len(ds) else 0
+    cache = TensorCache.create(tmp, len(ds), size, k)
+    ledger = BadLedger(name, max_bad_frac, total=len(ds))
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    n = 0
+    for i, row in enumerate(raw):
+        src = row["image"]
+        try:
+            img = open_rgb(src["bytes"] if src.get("bytes") else src["path"])
+        except BadImage as e:
+            ledger.add(src.get("path") or f"row {i}", str(e))
+            continue
+        box = row.get("box") or [-0.5, -0.5, img.width - 0.5, img.height - 0.5]
+        cache.images[n], scale, offset = crop_resize(img, box, size)
+        if has_lm:
+            cache.landmarks[n] = np.asarray(row["landmarks"], np.float32) * scale + offset
+            cache.visible[n] = row.get("visible") or True
+        cache.identity[n] = row.get("identity", -1) if row.get("identity") is not None else -1
+        cache.rows[n] = i
+        n += 1
+    ledger.report()
+    cache = _truncate(cache, n)
+    cache.finish({**(source or {}), "name": name, "skipped": ledger.bad})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return TensorCache.load(folder)
+
+
+def _truncate(cache: TensorCache, n: int) -> TensorCache:
+    """Drop the unused tail left by skipped images (rewrites the arrays only when needed)."""
+    if n == len(cache):
+        return cache
+    arrays = {}
+    for k in ARRAYS:
+        full = getattr(cache, k)
+        kept = np.array(full[:n])
+        del full
+        np.save(cache.folder / f"{k}.npy", kept, allow_pickle=False)
+        arrays[k] = np.load(cache.folder / f"{k}.npy", mmap_mode="r+", allow_pickle=False)
+    return TensorCache(cache.folder, arrays, cache.meta)
