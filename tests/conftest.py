@@ -2,12 +2,14 @@ import os
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(int(os.environ.get("LEAD_TEST_THREADS", "2")))
+datasets.disable_progress_bars()
 
 
 @pytest.fixture

@@ -1,0 +1,107 @@
+"""The data layer: every source becomes a `datasets.Dataset` in one row format, plus a uint8 tensor cache.
+
+    parser = argparse.ArgumentParser(parents=[data_args()])
+    ds = load_split(args, "train")             # image, landmarks [K, 2], visible [K], identity, box
+    cache = load_tensors(args, "train")        # images [N, 3, S, S] uint8 (memory-mapped), landmarks...
+
+Every script selects data the same way: `--dataset synthetic --variant aligned|unaligned
+--zoom_out LO,HI --landmarks 5|68` (the default, generated and cached on first use), a format name
+with `--data_dir` (celeba, mafl, aflw_m, aflw_r, 300w, cub, imagefolder), a folder saved with
+`datasets`, or a Hugging Face Hub dataset id.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+
+from . import readers, synthetic
+from .cache import TensorCache, build_from_dataset
+from .images import DataError
+
+__all__ = ["DataError", "TensorCache", "data_args", "load_split", "load_tensors", "describe"]
+READER_VERSION = 1  # bump when a reader's output changes: it is part of the tensor-cache key
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 1,1.5), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def data_args() -> argparse.ArgumentParser:
+    """The data flags every script shares (use as a parent parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    g = parser.add_argument_group("Data")
+    g.add_argument("--dataset", default="synthetic",
+                   help="synthetic (default, generated here), a format name with --data_dir "
+                        f"({', '.join(readers.READERS)}), a folder saved with datasets, or a Hub dataset id")
+    g.add_argument("--data_dir", default=None, help="root folder of a --dataset format, as its authors ship it")
+    g.add_argument("--variant", default="aligned", choices=["aligned", "unaligned"],
+                   help="synthetic faces: aligned (MAFL/CelebA-like crops) or unaligned (AFLW_R-like, wider pose/scale)")
+    g.add_argument("--zoom_out", type=_pair, default=(1.0, 1.5),
+                   help="synthetic unaligned: range of zoom-out factors, e.g. 1,1.5 (seen) or 1.5,2 (unseen)")
+    g.add_argument("--landmarks", type=int, default=5, choices=[5, 68],
+                   help="synthetic: 5 MAFL points or the 68 300-W points")
+    g.add_argument("--image_size", type=int, default=128, help="synthetic render size and tensor-cache size")
+    g.add_argument("--num_images", type=int, default=None,
+                   help=f"synthetic: images in the split (defaults {synthetic.SPLITS}); other sources: keep the first N")
+    g.add_argument("--data_seed", type=int, default=0, help="synthetic: which faces (same seed, same bytes)")
+    g.add_argument("--data_workers", type=int, default=2, help="processes that render synthetic faces")
+    g.add_argument("--max_bad_frac", type=float, default=0.01,
+                   help="fail the load when more than this share of images is unreadable (they are skipped and listed)")
+    return parser
+
+
+def synthetic_spec(args, split: str) -> synthetic.SyntheticSpec:
+    if split not in synthetic.SPLITS:
+        raise DataError(f"synthetic data has splits {list(synthetic.SPLITS)}, not {split!r}")
+    return synthetic.SyntheticSpec(
+        split=split, num_images=args.num_images or synthetic.SPLITS[split], variant=args.variant,
+        zoom_out=tuple(args.zoom_out), size=args.image_size, seed=args.data_seed)
+
+
+def load_split(args, split: str) -> datasets.Dataset:
+    """One split of the selected source as a Dataset in the project's row format."""
+    if args.dataset == "synthetic":
+        return synthetic.load(synthetic_spec(args, split), args.landmarks, args.data_workers)
+    if args.dataset in readers.READERS:
+        if args.data_dir is None:
+            raise DataError(f"--dataset {args.dataset} needs --data_dir (the folder as its authors ship it)")
+        ds = readers.READERS[args.dataset](args.data_dir, split, max_bad_frac=args.max_bad_frac)
+    else:
+        ds = readers.read_hf(args.dataset, split)
+    if args.num_images:
+        ds = ds.select(range(min(args.num_images, len(ds))))
+    return ds
+
+
+def describe(args, split: str) -> dict:
+    """What identifies a split's pixels (for cache keys and model cards)."""
+    if args.dataset == "synthetic":
+        return {"source": "synthetic", "key": synthetic_spec(args, split).key()}
+    where = str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset
+    return {"source": args.dataset, "where": where, "split": split, "num_images": args.num_images,
+            "reader": READER_VERSION}
+
+
+def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
+    """The split's uint8 tensor cache at `size` (default --image_size), built on first use."""
+    size = size or args.image_size
+    if args.dataset == "synthetic" and size == args.image_size:
+        return synthetic.tensors(synthetic_spec(args, split), args.landmarks, args.data_workers)
+    info = {**describe(args, split), "size": size, "landmarks": args.landmarks}
+    key = hashlib.sha1(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    folder = synthetic.cache_root() / "tensors" / f"{args.dataset.replace('/', '_')}-{split}-{size}px-{key}"
+    if (folder / "meta.json").exists():
+        return TensorCache.load(folder)
+    ds = load_split(args, split)
+    return build_from_dataset(ds, folder, size, name=f"{args.dataset}/{split}",
+                              max_bad_frac=args.max_bad_frac, source=info)

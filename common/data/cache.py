@@ -107,6 +107,19 @@ def build_from_dataset(ds: datasets.Dataset, folder: Path, size: int, name: str,
     folder = Path(folder)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        cache = _fill(ds, tmp, size, name, max_bad_frac, source)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    del cache
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return TensorCache.load(folder)
+
+
+def _fill(ds: datasets.Dataset, tmp: Path, size: int, name: str, max_bad_frac: float,
+          source: dict | None) -> TensorCache:
     has_lm = "landmarks" in ds.column_names
     k = np.asarray(ds[0]["landmarks"]).shape[0] if has_lm and len(ds) else 0
     cache = TensorCache.create(tmp, len(ds), size, k)
@@ -131,9 +144,7 @@ def build_from_dataset(ds: datasets.Dataset, folder: Path, size: int, name: str,
     ledger.report()
     cache = _truncate(cache, n)
     cache.finish({**(source or {}), "name": name, "skipped": ledger.bad})
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return TensorCache.load(folder)
+    return cache
 
 
 def _truncate(cache: TensorCache, n: int) -> TensorCache:

@@ -77,9 +77,9 @@ def sample_identities(n: int, g: torch.Generator) -> dict[str, T]:
     p["hair"] = _palette(g, n, HAIR, HAIR_P, 0.06)
     p["iris"] = _palette(g, n, IRIS, IRIS_P, 0.06)
     bald = _coin(g, n, 0.08)
-    p["hairline"] = torch.lerp(_u(g, n, -0.75, -0.52), torch.full((n,), -1.3), bald)
+    p["hairline"] = torch.lerp(_u(g, n, -0.75, -0.52), torch.full((n,), -3.0), bald)
     p["fringe"] = _coin(g, n, 0.35) * _u(g, n, 0.1, 0.32) * (1 - bald)
-    p["side_v"] = torch.lerp(_u(g, n, -0.15, 1.1), torch.full((n,), -0.4), bald)
+    p["side_v"] = torch.lerp(_u(g, n, -0.15, 1.1), torch.full((n,), -3.0), bald)
     p["hair_vol"] = _u(g, n, 1.05, 1.16)
     p["beard"] = _coin(g, n, 0.18) * _u(g, n, 0.5, 1.0)
     p["stubble"] = (1 - p["beard"].sign()) * _coin(g, n, 0.15) * _u(g, n, 0.2, 0.45)
@@ -349,7 +349,8 @@ def project(p: dict[str, T], uv: T) -> tuple[T, T]:
     eye = torch.eye(3).expand(m, 3, 3)
     u, v = uv[..., 0], uv[..., 1]
     front = [cast(objs[k], eye, u, v, 1) for k in ("head", "bridge", "tip")]  # along face z
-    z = torch.stack([torch.where(h["rho"] < 1, h["t"], torch.full_like(u, -9)) for h in front]).amax(0)
+    # the head's t is its surface, or its rim where a point lies just outside it (jaw corners)
+    z = torch.stack([front[0]["t"]] + [torch.where(h["rho"] < 1, h["t"], front[0]["t"]) for h in front[1:]]).amax(0)
     xyz = torch.stack([u, v, z], -1)
     R = camera(p)
     cam = xyz @ R.transpose(1, 2)

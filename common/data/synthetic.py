@@ -23,6 +23,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from . import faces
@@ -129,11 +130,7 @@ def _rows(spec: SyntheticSpec, workers: int, tensors: str):
     cache.images.flush()
 
 
-def build(spec: SyntheticSpec, folder: Path, workers: int = 2) -> float:
-    """Generate one split into `folder` (dataset/ + tensors/) atomically; returns seconds taken."""
-    t0 = time.perf_counter()
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+def _write(spec: SyntheticSpec, tmp: Path, workers: int) -> None:
     p = sample_params(spec)
     lm, vis = landmarks(p)
     cache = TensorCache.create(tmp / "tensors", spec.num_images, spec.size, num_points=68)
@@ -144,6 +141,18 @@ def build(spec: SyntheticSpec, folder: Path, workers: int = 2) -> float:
         gen_kwargs={"spec": spec, "workers": workers, "tensors": str(tmp / "tensors")})
     ds.save_to_disk(str(tmp / "dataset"))
     del ds
+
+
+def build(spec: SyntheticSpec, folder: Path, workers: int = 2) -> float:
+    """Generate one split into `folder` (dataset/ + tensors/) atomically; returns seconds taken."""
+    t0 = time.perf_counter()
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(spec, tmp, workers)
+    except BaseException:  # a killed or failed build leaves nothing that looks finished
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(tmp / "hf", ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -157,11 +166,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("LEAD_CACHE", Path.home() / ".cache" / "lead"))
 
 
+def ensure(spec: SyntheticSpec, workers: int = 2, root: Path | None = None) -> Path:
+    """The split's folder, generated on first use; a file lock makes concurrent processes (several
+    GPUs, several scripts) wait for one build instead of racing."""
+    folder = (root or cache_root()) / "synthetic" / spec.key()
+    if not (folder / "tensors" / "meta.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "tensors" / "meta.json").exists():
+                build(spec, folder, workers)
+    return folder
+
+
 def load(spec: SyntheticSpec, num_points: int = 68, workers: int = 2, root: Path | None = None) -> datasets.Dataset:
     """The split as a Dataset in the project's row format, generating it on first use."""
-    folder = (root or cache_root()) / "synthetic" / spec.key()
-    if not (folder / "dataset").exists():
-        build(spec, folder, workers)
+    folder = ensure(spec, workers, root)
     ds = datasets.load_from_disk(str(folder / "dataset"))
     if num_points == 5:
         ds = ds.remove_columns(["landmarks", "visible"]).rename_columns(
@@ -175,9 +194,7 @@ def load(spec: SyntheticSpec, num_points: int = 68, workers: int = 2, root: Path
 
 def tensors(spec: SyntheticSpec, num_points: int = 68, workers: int = 2, root: Path | None = None) -> TensorCache:
     """The split's uint8 tensor cache (generated with the dataset), landmarks selected."""
-    folder = (root or cache_root()) / "synthetic" / spec.key()
-    if not (folder / "tensors").exists():
-        build(spec, folder, workers)
+    folder = ensure(spec, workers, root)
     cache = TensorCache.load(folder / "tensors")
     if num_points == 5:
         cache.landmarks, cache.visible = [x.numpy() for x in faces.mafl_points(

@@ -1,0 +1,29 @@
+"""What every script does around main(): logging, and user errors as one line with exit status 2."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import datasets
+from rich.logging import RichHandler
+
+from .data.images import DataError
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+
+
+def run(main, parser) -> None:
+    """Parse argv, run main(args); a DataError (a user's mistake) prints one line and exits 2."""
+    args = parser.parse_args()
+    setup_logging()
+    try:
+        main(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

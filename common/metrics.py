@@ -1,0 +1,68 @@
+"""Landmark metrics: inter-ocular error, PCK, and dense matching (as DVE, ContrastLandmark and LEAD).
+
+Coordinates are pixels at pixel centres. Errors are per image, so callers can average, bootstrap
+or split them as they like.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+EYES = {5: (0, 1), 68: (36, 45)}  # eye centres (MAFL order); outer eye corners (300-W order)
+
+
+def inter_ocular(gt: torch.Tensor) -> torch.Tensor:
+    """Distance between the eye points of [N, K, 2] landmarks (K = 5 or 68): [N]."""
+    if gt.shape[1] not in EYES:
+        raise ValueError(f"no eye points defined for {gt.shape[1]} landmarks (know {sorted(EYES)})")
+    a, b = EYES[gt.shape[1]]
+    return (gt[:, a] - gt[:, b]).norm(dim=-1)
+
+
+def point_errors(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Euclidean error over the visible points of each image: [N] (nan where none is visible)."""
+    err = (pred - gt).norm(dim=-1)
+    vis = torch.ones_like(err, dtype=torch.bool) if visible is None else visible.bool()
+    return (err * vis).sum(1) / vis.sum(1)
+
+
+def iod_error(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean point error as a percentage of the inter-ocular distance: [N]."""
+    return 100 * point_errors(pred, gt, visible) / inter_ocular(gt)
+
+
+def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: float, alpha: float = 0.05) -> torch.Tensor:
+    """Share of visible points within alpha * size of the truth (CUB: 5 % of the image side)."""
+    hit = ((pred - gt).norm(dim=-1) < alpha * size) & visible.bool()
+    return hit.sum() / visible.bool().sum()
+
+
+def sample_at(features: torch.Tensor, points: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Bilinear feature vectors at pixel points of the input image: [N, C, h, w], [N, P, 2] -> [N, P, C].
+    The feature map covers the whole image (align_corners=False), whatever its stride."""
+    grid = (2 * points + 1) / image_size - 1
+    out = F.grid_sample(features, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
+    return rearrange(out, "n c p 1 -> n p c")
+
+
+@torch.no_grad()
+def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: torch.Tensor,
+          image_size: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carry reference points to the query: the descriptor at each reference point, cosine similarity
+    with the query's feature map upsampled (bilinearly) to the input resolution, arg-max.
+    Returns query points [N, P, 2] and their cosine scores [N, P]. Channels are processed in chunks,
+    so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory."""
+    n, c = query_features.shape[:2]
+    desc = F.normalize(sample_at(ref_features, ref_points, image_size), dim=-1)    # [N, P, C]
+    dots = torch.zeros(n, ref_points.shape[1], image_size * image_size)
+    norm2 = torch.zeros(n, 1, image_size * image_size)
+    for a in range(0, c, chunk):
+        up = F.interpolate(query_features[:, a:a + chunk].float(), size=(image_size, image_size),
+                           mode="bilinear", align_corners=False).flatten(2)            # [N, c', S*S]
+        dots += desc[..., a:a + chunk] @ up
+        norm2 += (up * up).sum(1, keepdim=True)
+    sim = dots / norm2.sqrt().clamp(min=1e-8)
+    score, idx = sim.max(-1)
+    pts = torch.stack([idx % image_size, idx // image_size], -1).float()
+    return pts, score

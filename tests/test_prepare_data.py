@@ -1,0 +1,31 @@
+"""prepare_data.py: the README's first job on tiny synthetic data, and its one-line errors."""
+import subprocess
+import sys
+
+from PIL import Image
+
+import prepare_data
+from conftest import ROOT
+
+
+def args_for(*argv):
+    return prepare_data.get_args_parser().parse_args(list(argv))
+
+
+def test_prepares_splits_and_draws_the_sample_grid(cache_dir, tmp_path):
+    out = tmp_path / "samples.png"
+    counts = prepare_data.main(args_for("--num_images", "10", "--image_size", "48", "--splits", "train,test",
+                                        "--data_workers", "1", "--preview", str(out), "--preview_count", "10"))
+    assert counts == {"train": 10, "test": 10}
+    grid = Image.open(out)
+    assert grid.size == (8 * 96, 2 * 96)                     # 8 columns of 48 px tiles at scale 2
+    assert len(list((cache_dir / "synthetic").iterdir())) == 2 + 2   # two splits, each with a lock file
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    res = subprocess.run([sys.executable, "prepare_data.py", "--dataset", "mafl", "--data_dir", str(tmp_path / "nope")],
+                         cwd=ROOT, capture_output=True, text=True, env={"LEAD_CACHE": str(tmp_path), "PATH": ""})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope' / 'MAFL' / 'training.txt'}: not found "
+        "(expected MAFL training list (19,000 CelebA image names))"]
