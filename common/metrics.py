@@ -24,7 +24,7 @@ def point_errors(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | N
     """Mean Euclidean error over the visible points of each image: [N] (nan where none is visible)."""
     err = (pred - gt).norm(dim=-1)
     vis = torch.ones_like(err, dtype=torch.bool) if visible is None else visible.bool()
-    return (err * vis).sum(1) / vis.sum(1)
+    return torch.where(vis, err, 0.0).sum(1) / vis.sum(1)
 
 
 def iod_error(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,7 +54,7 @@ def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: 
     Returns query points [N, P, 2] and their cosine scores [N, P]. Channels are processed in chunks,
     so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory."""
     n, c = query_features.shape[:2]
-    desc = F.normalize(sample_at(ref_features, ref_points, image_size), dim=-1)    # [N, P, C]
+    desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
     dots = torch.zeros(n, ref_points.shape[1], image_size * image_size)
     norm2 = torch.zeros(n, 1, image_size * image_size)
     for a in range(0, c, chunk):

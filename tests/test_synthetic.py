@@ -155,7 +155,7 @@ def test_dataset_rows_and_cache_agree_and_are_reused(cache_dir):
     spec = SyntheticSpec(split="val", num_images=12, size=SIZE)
     ds5 = synthetic.load(spec, 5, workers=1)
     ds68 = synthetic.load(spec, 68, workers=1)
-    folder = next((cache_dir / "synthetic").iterdir())
+    folder = next(d for d in (cache_dir / "synthetic").iterdir() if d.is_dir())
     stamp = (folder / "tensors" / "images.npy").stat().st_mtime_ns
     assert ds5.column_names == ds68.column_names
     assert set(ds5.column_names) == {"image", "landmarks", "visible", "identity", "box"}
@@ -169,7 +169,7 @@ def test_dataset_rows_and_cache_agree_and_are_reused(cache_dir):
     assert (folder / "tensors" / "images.npy").stat().st_mtime_ns == stamp      # not regenerated
     # a second process with the same spec reads the same bytes; another variant gets its own folder
     synthetic.load(SyntheticSpec(split="val", num_images=12, size=SIZE, variant="unaligned"), 5, workers=1)
-    assert len(list((cache_dir / "synthetic").iterdir())) == 2
+    assert len([d for d in (cache_dir / "synthetic").iterdir() if d.is_dir()]) == 2
 
 
 def test_generation_in_worker_processes_matches_inline(cache_dir):
