@@ -94,13 +94,13 @@ def _render_chunk(start: int) -> tuple[int, np.ndarray, list[bytes]]:
 
 def iter_rendered(spec: SyntheticSpec, workers: int, encode: bool = True):
     """Yield (start, uint8 images [B, 3, S, S], PNG bytes or []) in order; workers > 1 renders in
-    spawned processes (callers need the `if __name__ == "__main__":` guard)."""
+    forked processes with one intra-op thread each (as torch's DataLoader workers do)."""
     starts = range(0, spec.num_images, BATCH)
     if workers <= 1:
         _init_worker(spec, encode, threads=None)
         yield from map(_render_chunk, starts)
         return
-    with mp.get_context("spawn").Pool(workers, _init_worker, (spec, encode)) as pool:
+    with mp.get_context("fork").Pool(workers, _init_worker, (spec, encode)) as pool:
         yield from pool.imap(_render_chunk, starts)
 
 
