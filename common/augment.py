@@ -74,3 +74,12 @@ def random_tps(n: int, size: int, generator: torch.Generator | None = None, grid
     ctrl_b, ctrl_a = ctrl_b + centre, ctrl_a + centre
     kernel, affine = get_tps_transform(ctrl_b, ctrl_a)
     return TPS(ctrl_b, ctrl_a, kernel, affine, size)
+
+
+def warped_pairs(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator | None = None,
+                 **warp_args) -> tuple[torch.Tensor, torch.Tensor, TPS]:
+    """The same-identity matching protocol: each image [N, C, S, S] (float) against a random TPS warp
+    of itself. Returns the warped images, where `points` [N, P, 2] of the originals land in them
+    (exact), and the warps."""
+    tps = random_tps(len(images), images.shape[-1], generator, **warp_args)
+    return tps.warp(images), tps.forward(points), tps

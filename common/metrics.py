@@ -66,3 +66,13 @@ def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: 
     score, idx = sim.max(-1)
     pts = torch.stack([idx % image_size, idx // image_size], -1).float()
     return pts, score
+
+
+@torch.no_grad()
+def matching_errors(extract, ref_images: torch.Tensor, query_images: torch.Tensor, ref_points: torch.Tensor,
+                    true_points: torch.Tensor) -> torch.Tensor:
+    """Pixel error [N, P] of carrying ref_points to the query images with the features of
+    `extract` (images [N, 3, S, S] -> feature maps [N, C, h, w] covering the image)."""
+    size = ref_images.shape[-1]
+    pred, _ = match(extract(ref_images), extract(query_images), ref_points, size)
+    return (pred - true_points).norm(dim=-1)
