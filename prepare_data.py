@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import run
-from common.data import data_args, load_tensors, synthetic
+from common.data import DataError, at_least, data_args, load_tensors, synthetic
 from common.viz import landmark_grid
 
 logger = logging.getLogger("lead")
@@ -32,12 +32,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated splits; default: {','.join(synthetic.SPLITS)} for synthetic, train,test otherwise")
     g.add_argument("--preview", default="runs/data/samples.png", help="where to write the sample grid (PNG)")
     g.add_argument("--preview_split", default=None, help="split shown in the grid (default: the first of --splits)")
-    g.add_argument("--preview_count", type=int, default=16, help="images in the grid")
+    g.add_argument("--preview_count", type=at_least(1), default=16, help="images in the grid")
     return parser
 
 
 def main(args) -> dict:
     splits = (args.splits or (",".join(synthetic.SPLITS) if args.dataset == "synthetic" else "train,test")).split(",")
+    shown = args.preview_split or splits[0]
+    if shown not in splits:
+        raise DataError(f"--preview_split {shown} is not among --splits {','.join(splits)}")
     table = Table("split", "images", "size", "skipped", "seconds", title=f"{args.dataset} data")
     caches = {}
     for split in splits:
@@ -46,13 +49,13 @@ def main(args) -> dict:
         table.add_row(split, str(len(cache)), f"{cache.size}px", str(len(cache.meta.get("skipped", []))),
                       f"{time.perf_counter() - t0:.1f}")
     Console().print(table)
-    cache = caches[args.preview_split or splits[0]]
+    cache = caches[shown]
     n = min(args.preview_count, len(cache))
     lm = np.asarray(cache.landmarks[:n]) if cache.landmarks.shape[1] else None
     grid = landmark_grid(np.asarray(cache.images[:n]), lm, np.asarray(cache.visible[:n]) if lm is not None else None)
     Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.preview)
-    logger.info("wrote %s (%d images of %s)", args.preview, n, args.preview_split or splits[0])
+    logger.info("wrote %s (%d images of %s)", args.preview, n, shown)
     return {split: len(c) for split, c in caches.items()}
 
 

@@ -26,6 +26,9 @@ class TPS:
     affine: torch.Tensor   # [N, 3, 2]
     size: int
 
+    def to(self, device) -> "TPS":
+        return TPS(*(t.to(device) for t in (self.ctrl_b, self.ctrl_a, self.kernel, self.affine)), self.size)
+
     def backward(self, pts_b: torch.Tensor) -> torch.Tensor:
         """W: points of B [N, P, 2] -> where they come from in A [N, P, 2]."""
         return warp_points_tps(pts_b, self.ctrl_a, self.kernel, self.affine)
@@ -36,8 +39,8 @@ class TPS:
         eps = 1e-2
         for _ in range(steps):
             w = self.backward(y)
-            jx = (self.backward(y + torch.tensor([eps, 0.0])) - w) / eps    # dW/dy_x  [N, P, 2]
-            jy = (self.backward(y + torch.tensor([0.0, eps])) - w) / eps
+            jx = (self.backward(y + y.new_tensor([eps, 0.0])) - w) / eps    # dW/dy_x  [N, P, 2]
+            jy = (self.backward(y + y.new_tensor([0.0, eps])) - w) / eps
             r = w - pts_a
             det = jx[..., 0] * jy[..., 1] - jx[..., 1] * jy[..., 0]
             # solve [jx jy] d = r for d (2x2 per point)
@@ -49,7 +52,7 @@ class TPS:
     def warp(self, images: torch.Tensor, padding_mode: str = "reflection") -> torch.Tensor:
         """Resample A [N, C, S, S] (float) into B."""
         s = self.size
-        pix = torch.arange(s, dtype=torch.float32)
+        pix = torch.arange(s, dtype=torch.float32, device=images.device)
         grid = torch.stack(torch.meshgrid(pix, pix, indexing="xy"), -1).reshape(1, s * s, 2)
         src = self.backward(grid.expand(len(images), -1, -1))
         norm = rearrange((2 * src + 1) / s - 1, "n (h w) c -> n h w c", h=s)
@@ -81,5 +84,5 @@ def warped_pairs(images: torch.Tensor, points: torch.Tensor, generator: torch.Ge
     """The same-identity matching protocol: each image [N, C, S, S] (float) against a random TPS warp
     of itself. Returns the warped images, where `points` [N, P, 2] of the originals land in them
     (exact), and the warps."""
-    tps = random_tps(len(images), images.shape[-1], generator, **warp_args)
+    tps = random_tps(len(images), images.shape[-1], generator, **warp_args).to(images.device)
     return tps.warp(images), tps.forward(points), tps

@@ -55,8 +55,8 @@ def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: 
     so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory."""
     n, c = query_features.shape[:2]
     desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
-    dots = torch.zeros(n, ref_points.shape[1], image_size * image_size)
-    norm2 = torch.zeros(n, 1, image_size * image_size)
+    dots = desc.new_zeros(n, ref_points.shape[1], image_size * image_size)
+    norm2 = desc.new_zeros(n, 1, image_size * image_size)
     for a in range(0, c, chunk):
         up = F.interpolate(query_features[:, a:a + chunk].float(), size=(image_size, image_size),
                            mode="bilinear", align_corners=False).flatten(2)            # [N, c', S*S]

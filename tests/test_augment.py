@@ -17,14 +17,7 @@ S = 64
 NO_WARP = dict(jitter=0.0, rotate_deg=0.0, scale=0.0, shift=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and does not stall when the two cores are
-    busy (two spinning OpenMP threads made this file 6x slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:

@@ -86,3 +86,11 @@ def test_unfinished_cache_is_not_loaded(tmp_path):
     TensorCache.create(tmp_path / "c", 2, 8, 1)
     with pytest.raises(FileNotFoundError, match="not a finished tensor cache"):
         TensorCache.load(tmp_path / "c")
+
+
+def test_a_bad_first_row_is_skipped_too(tmp_path):
+    ds = _dataset(tmp_path, 3, ["truncated"])
+    rows = ds.to_list()
+    ds = datasets.Dataset.from_list([rows[-1]] + rows[:-1], features=features(1))   # the bad one first
+    cache = build_from_dataset(ds, tmp_path / "cache", 16, "fixture", max_bad_frac=0.5)
+    assert len(cache) == 3 and list(cache.rows) == [1, 2, 3]

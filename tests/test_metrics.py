@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from common.metrics import inter_ocular, iod_error, match, pck, point_errors, sample_at
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and does not stall when the two cores are
-    busy (two spinning OpenMP threads made this file 6x slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:

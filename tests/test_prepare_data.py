@@ -29,3 +29,27 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     assert res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nope' / 'MAFL' / 'training.txt'}: not found "
         "(expected MAFL training list (19,000 CelebA image names))"]
+
+
+def test_bad_flags_are_refused_by_the_parser(capsys):
+    import pytest
+    for argv, message in [(["--num_images", "0"], "must be at least 1"), (["--image_size", "16"], "must be at least 32"),
+                          (["--zoom_out", "0.5,1"], "need 1 <= LO <= HI"), (["--zoom_out", "2"], "expected LO,HI"),
+                          (["--landmarks", "7"], "invalid choice")]:
+        with pytest.raises(SystemExit) as e:
+            args_for(*argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_preview_split_must_be_prepared(cache_dir, tmp_path):
+    import pytest
+    from common.data import DataError
+    with pytest.raises(DataError, match="--preview_split test is not among --splits val"):
+        prepare_data.main(args_for("--splits", "val", "--preview_split", "test", "--num_images", "4"))
+
+
+def test_a_missing_local_dataset_folder_is_one_line(cache_dir, tmp_path):
+    import pytest
+    from common.data import DataError, load_split
+    with pytest.raises(DataError, match="not found"):
+        load_split(args_for("--dataset", str(tmp_path / "missing")), "train")

@@ -34,11 +34,15 @@ def test_same_parameters_give_identical_bytes():
     assert not torch.equal(a, synthetic.render_uint8(params(seed=4), SIZE))
 
 
-def test_an_image_does_not_depend_on_its_batch():
-    p = params(n=8, seed=1)
-    whole = synthetic.render_uint8(p, SIZE)
-    part = synthetic.render_uint8({k: v[5:7] for k, v in p.items()}, SIZE)
-    assert torch.equal(whole[5:7], part)
+@pytest.mark.parametrize("variant", ["aligned", "unaligned"])
+def test_an_image_does_not_depend_on_its_batch(variant):
+    """Each face rendered alone equals the same face rendered among 31 others (glasses included)."""
+    p = params(n=32, seed=1, variant=variant, size=96)
+    p["glasses"][:8] = 1.0
+    whole = synthetic.render_uint8(p, 96)
+    for i in range(32):
+        alone = synthetic.render_uint8({k: v[i:i + 1] for k, v in p.items()}, 96)
+        assert torch.equal(whole[i:i + 1], alone), i
 
 
 def test_frontal_face_is_mirror_symmetric_about_the_nose():
@@ -110,7 +114,7 @@ def test_eyes_and_brows_are_drawn_where_the_points_are():
     skin = _recoloured_difference(p, "skin", 0.2, 0.9)
     hair = _recoloured_difference(p, "hair", 0.0, 1.0)
     assert (_at(skin, cheeks) > 60).all()
-    assert (_at(skin, eyes) < 3).all() and (_at(hair, eyes) < 3).all()
+    assert (_at(skin, eyes) < 12).all() and (_at(hair, eyes) < 12).all()  # blur may mix in a lid
     assert (_at(hair, lm[:, [19, 24]]) > 40).float().mean() > 0.9
 
 
@@ -182,3 +186,9 @@ def test_generation_in_worker_processes_matches_inline(cache_dir):
 def test_bad_landmark_count_is_refused(cache_dir):
     with pytest.raises(ValueError, match="5 or 68"):
         synthetic.load(SyntheticSpec(split="val", num_images=4, size=SIZE), 7, workers=1)
+
+
+def test_box3_is_a_replicate_padded_box_blur():
+    x = torch.rand(2, 3, 9, 7)
+    ref = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    assert torch.allclose(faces.box3(x), ref, atol=1e-6)

@@ -17,23 +17,37 @@ import json
 from pathlib import Path
 
 import datasets
+from filelock import FileLock
 
 from . import readers, synthetic
 from .cache import TensorCache, build_from_dataset
 from .images import DataError
 
 __all__ = ["DataError", "TensorCache", "data_args", "load_split", "load_tensors", "describe"]
-READER_VERSION = 1  # bump when a reader's output changes: it is part of the tensor-cache key
+CACHE_VERSION = 1  # bump when a reader or the cache's crop/resize changes: it is part of the key
 
 
-def _pair(text: str) -> tuple[float, float]:
+def _zoom(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 1,1.5), got {text!r}") from None
-    if not 0 < lo <= hi:
-        raise argparse.ArgumentTypeError(f"need 0 < LO <= HI, got {text!r}")
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= LO <= HI, got {text!r}")
     return lo, hi
+
+
+def at_least(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
 
 
 def data_args() -> argparse.ArgumentParser:
@@ -46,15 +60,15 @@ def data_args() -> argparse.ArgumentParser:
     g.add_argument("--data_dir", default=None, help="root folder of a --dataset format, as its authors ship it")
     g.add_argument("--variant", default="aligned", choices=["aligned", "unaligned"],
                    help="synthetic faces: aligned (MAFL/CelebA-like crops) or unaligned (AFLW_R-like, wider pose/scale)")
-    g.add_argument("--zoom_out", type=_pair, default=(1.0, 1.5),
+    g.add_argument("--zoom_out", type=_zoom, default=(1.0, 1.5),
                    help="synthetic unaligned: range of zoom-out factors, e.g. 1,1.5 (seen) or 1.5,2 (unseen)")
     g.add_argument("--landmarks", type=int, default=5, choices=[5, 68],
                    help="synthetic: 5 MAFL points or the 68 300-W points")
-    g.add_argument("--image_size", type=int, default=128, help="synthetic render size and tensor-cache size")
-    g.add_argument("--num_images", type=int, default=None,
+    g.add_argument("--image_size", type=at_least(32), default=128, help="synthetic render size and tensor-cache size")
+    g.add_argument("--num_images", type=at_least(1), default=None,
                    help=f"synthetic: images in the split (defaults {synthetic.SPLITS}); other sources: keep the first N")
     g.add_argument("--data_seed", type=int, default=0, help="synthetic: which faces (same seed, same bytes)")
-    g.add_argument("--data_workers", type=int, default=2, help="processes that render synthetic faces")
+    g.add_argument("--data_workers", type=at_least(1), default=2, help="processes that render synthetic faces")
     g.add_argument("--max_bad_frac", type=float, default=0.01,
                    help="fail the load when more than this share of images is unreadable (they are skipped and listed)")
     return parser
@@ -87,9 +101,12 @@ def describe(args, split: str) -> dict:
     """What identifies a split's pixels (for cache keys and model cards)."""
     if args.dataset == "synthetic":
         return {"source": "synthetic", "key": synthetic_spec(args, split).key()}
-    where = str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset
-    return {"source": args.dataset, "where": where, "split": split, "num_images": args.num_images,
-            "reader": READER_VERSION}
+    local = Path(args.data_dir or args.dataset).expanduser()
+    where = str(local.resolve()) if local.exists() else args.dataset
+    # re-saving a dataset or replacing annotation files changes these mtimes: the cache is then rebuilt
+    stamp = max((f.stat().st_mtime_ns for f in local.iterdir()), default=0) if local.is_dir() else 0
+    return {"source": args.dataset, "where": where, "stamp": stamp, "split": split,
+            "num_images": args.num_images, "version": CACHE_VERSION}
 
 
 def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
@@ -100,8 +117,14 @@ def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
     info = {**describe(args, split), "size": size, "landmarks": args.landmarks}
     key = hashlib.sha1(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
     folder = synthetic.cache_root() / "tensors" / f"{args.dataset.replace('/', '_')}-{split}-{size}px-{key}"
-    if (folder / "meta.json").exists():
-        return TensorCache.load(folder)
-    ds = load_split(args, split)
-    return build_from_dataset(ds, folder, size, name=f"{args.dataset}/{split}",
-                              max_bad_frac=args.max_bad_frac, source=info)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # several processes (GPUs) wait for one build
+        if not (folder / "meta.json").exists():
+            build_from_dataset(load_split(args, split), folder, size, name=f"{args.dataset}/{split}",
+                               max_bad_frac=args.max_bad_frac, source=info)
+    cache = TensorCache.load(folder)
+    skipped = len(cache.meta.get("skipped", []))
+    if skipped > args.max_bad_frac * (len(cache) + skipped):  # built earlier with a looser threshold
+        raise DataError(f"{folder}: {skipped} images were skipped when this cache was built, more than "
+                        f"--max_bad_frac {args.max_bad_frac} allows (see its meta.json)")
+    return cache

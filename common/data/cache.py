@@ -121,7 +121,7 @@ def build_from_dataset(ds: datasets.Dataset, folder: Path, size: int, name: str,
 def _fill(ds: datasets.Dataset, tmp: Path, size: int, name: str, max_bad_frac: float,
           source: dict | None) -> TensorCache:
     has_lm = "landmarks" in ds.column_names
-    k = np.asarray(ds[0]["landmarks"]).shape[0] if has_lm and len(ds) else 0
+    k = ds.features["landmarks"].shape[0] if has_lm else 0  # from the schema: row 0 may be a bad image
     cache = TensorCache.create(tmp, len(ds), size, k)
     ledger = BadLedger(name, max_bad_frac, total=len(ds))
     raw = ds.cast_column("image", datasets.Image(decode=False))

@@ -74,18 +74,20 @@ def open_rgb(source: str | Path | bytes, exif: bool = False) -> Image.Image:
     return to_rgb(img)
 
 
-def inspect_header(path: str | Path) -> tuple[str | None, bool, tuple[int, int]]:
-    """Cheap check of one file (header only): (reason it is bad or None, needs conversion, size)."""
+def inspect_header(path: str | Path, exif: bool = False) -> tuple[str | None, bool, tuple[int, int]]:
+    """Cheap check of one file (header only): (reason it is bad or None, needs conversion, size).
+    With exif=True an EXIF rotation also counts as needing conversion."""
     try:
         with Image.open(path) as img:
             size, mode, info = img.size, img.mode, img.info
+            rotated = exif and img.getexif().get(0x0112, 1) not in (None, 1)
     except FileNotFoundError:
         return "missing file", False, (0, 0)
     except Exception as e:
         return f"unreadable ({type(e).__name__})", False, (0, 0)
     if min(size) < MIN_SIDE:
         return f"degenerate size {size[0]}x{size[1]}", False, size
-    return None, mode != "RGB" or "transparency" in info, size
+    return None, mode != "RGB" or "transparency" in info or rotated, size
 
 
 @dataclass
@@ -144,8 +146,8 @@ def records_to_dataset(records: list[dict], name: str, max_bad_frac: float = 0.0
     rows: dict[str, list] = {k: [] for k in features(num_points)}
     for rec in records:
         path = str(rec["image"])
-        reason, convert, size = inspect_header(path)
-        if reason is None and (convert or exif):
+        reason, convert, size = inspect_header(path, exif)
+        if reason is None and convert:
             try:
                 img = open_rgb(path, exif=exif)
                 size = img.size
@@ -154,7 +156,7 @@ def records_to_dataset(records: list[dict], name: str, max_bad_frac: float = 0.0
         if reason is not None:
             ledger.add(path, reason)
             continue
-        if convert or exif:
+        if convert:  # embedded as RGB (rotated upright where EXIF says so); others stay files
             rows["image"].append({"bytes": png_bytes(img), "path": None})  # a path would win over bytes
         else:
             rows["image"].append({"bytes": None, "path": path})

@@ -490,7 +490,8 @@ def read_hf(name_or_path, split: str) -> datasets.Dataset:
     else:
         try:
             loaded = datasets.load_dataset(str(path) if path.exists() else name, split=split)
-        except (ValueError, FileNotFoundError, ConnectionError) as e:
+        except (ValueError, FileNotFoundError, ConnectionError, OSError,
+                datasets.exceptions.DatasetGenerationError) as e:
             msg = " ".join(str(e).split())[:300]
             raise DataError(f"{name}: cannot load split {split!r} ({type(e).__name__}: {msg})") \
                 from None
