@@ -51,8 +51,9 @@ def main(args) -> dict:
     Console().print(table)
     cache = caches[shown]
     n = min(args.preview_count, len(cache))
-    lm = np.asarray(cache.landmarks[:n]) if cache.landmarks.shape[1] else None
-    grid = landmark_grid(np.asarray(cache.images[:n]), lm, np.asarray(cache.visible[:n]) if lm is not None else None)
+    idx = np.linspace(0, len(cache) - 1, n).round().astype(int)   # spread over the split: many identities
+    lm = cache.landmarks[idx] if cache.landmarks.shape[1] else None
+    grid = landmark_grid(cache.images[idx], lm, cache.visible[idx] if lm is not None else None)
     Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.preview)
     logger.info("wrote %s (%d images of %s)", args.preview, n, shown)

@@ -474,7 +474,9 @@ def paint_nose(p: dict[str, T], u: T, v: T, px: T, col: T) -> T:
 def paint_beard(p: dict[str, T], u: T, v: T, px: T, col: T) -> T:
     off = p["tex_off"]
     n = sample(u * 6 + _b(off[:, 2], 2), v * 0.8 + _b(off[:, 3], 2), [1, 3])
-    start = v - _b(p["tip_v"], 2) - 0.07 - 0.04 * n[:, 0]
+    d = u.abs()  # the top edge: moustache, down over the cheeks, back up along the jaw to the ears
+    top = 0.07 + 0.22 * (1 - sq((d - 0.36) / 0.22)).clamp(min=0) - 0.25 * ((d - 0.58) / 0.12).clamp(0, 1)
+    start = v - _b(p["tip_v"], 2) - top - 0.04 * n[:, 0]
     beard = _b(p["beard"], 2) * (start / 0.05).clamp(0, 1) * (0.3 + 0.7 * n[:, 1])
     stubble = _b(p["stubble"], 2) * ((start - 0.02) / 0.04).clamp(0, 1) * n[:, 1]
     return _lerp(col, _c(p["hair"]) * 0.8, (beard + stubble).clamp(0, 1))
