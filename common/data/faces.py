@@ -646,8 +646,8 @@ def add_nose(p: dict[str, T], R: T, objs: dict, face: dict[str, T], cv: Canvas) 
 def paint_head(p: dict[str, T], R: T, objs: dict, col: T) -> None:
     """Ears, head and nose with their face texture, in place."""
     cv = Canvas(0, col.shape[-2], 0, col.shape[-1])  # the whole image: windows must not depend on the batch
-    (xs, ys), sub, px = cv.grid(p), cv.of(col).clone(), _b(p["scale"], 2)
-    ear_t = paint_ears(p, R, objs, sub, cv)
+    (xs, ys), px = cv.grid(p), _b(p["scale"], 2)
+    ear_t = paint_ears(p, R, objs, col, cv)
     head = cast(objs["head"], R, xs, ys, 2)
     X = to_face(head, 2)
     top, width, height, e = jaw_shape(p, 2)
@@ -658,7 +658,7 @@ def paint_head(p: dict[str, T], R: T, objs: dict, col: T) -> None:
             "t": head["t"], "ear_t": ear_t}
     add_nose(p, R, objs, face, cv)
     albedo = face_albedo(p, R, face, cv)
-    cv.of(col)[:] = _lerp(sub, albedo * face["shade"][:, None] * _c(p["tint"]), face["alpha"])
+    col.lerp_(albedo * face["shade"][:, None] * _c(p["tint"]), face["alpha"][:, None])
 
 
 def paint_hair(p: dict[str, T], R: T, objs: dict, col: T) -> None:
@@ -671,7 +671,7 @@ def paint_hair(p: dict[str, T], R: T, objs: dict, col: T) -> None:
     cover = edge((1 - hair["rho"]) * 0.8, px)
     alpha = cover * edge(hair_alpha(p, hair, X[0], X[1]) - 0.08 * (strands[:, 1] - 0.5), px)
     colour = _c(p["hair"]) * (0.55 + 0.9 * strands[:, :1]) * shade(hair, p, 2)[:, None]
-    cv.of(col)[:] = _lerp(cv.of(col), colour * _c(p["tint"]), alpha)
+    cv.of(col).lerp_(colour * _c(p["tint"]), alpha[:, None])
 
 
 def paint_body(p: dict[str, T], R: T, objs: dict, col: T) -> None:
