@@ -135,7 +135,6 @@ def dve_300w_keypoints(kp_1based, bb):
     fac = bw_ / bw
     bcx_, bcy_ = int(np.floor(fac * bcx)), int(np.floor(fac * bcy))
     bx, by = bcx_ - bw_ / 2 + 1, bcy_ - bw_ / 2 + 1
-    bX, bY = bcx_ + bw_ / 2, bcy_ + bw_ / 2
     pp = (100 - bw_) / 2
     bx, by = int(bx - pp), int(by - pp - 2)
     kp = np.array(kp_1based, dtype=np.float64) * fac
