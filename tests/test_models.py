@@ -1,0 +1,74 @@
+"""ResNet hypercolumns, the hand-off through save_pretrained, and BYOL's loss."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.losses import byol_loss
+from common.models import MLPHead, ResNetEncoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("arch,dim,width", [("resnet18", 960, 512), ("resnet50", 3840, 2048)])
+def test_hypercolumn_shapes_at_96px(arch, dim, width):
+    torch.manual_seed(0)
+    net = ResNetEncoder(arch).eval()
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        h, v = net.hypercolumn(x), net(x)
+    assert h.shape == (2, dim, 24, 24) and net.hypercolumn_dim == dim
+    assert v.shape == (2, width)
+
+
+def test_each_layer_of_the_hypercolumn_is_unit_length():
+    torch.manual_seed(0)
+    net = ResNetEncoder("resnet18").eval()
+    with torch.no_grad():
+        h = net.hypercolumn(torch.rand(1, 3, 64, 64))
+        raw = ResNetEncoder("resnet18", normalize_layers=False)
+        raw.load_state_dict(net.state_dict())
+        g = raw.eval().hypercolumn(torch.rand(1, 3, 64, 64))
+    start = 0
+    for c in net.channels:  # 64, 128, 256, 512
+        assert torch.allclose(h[:, start:start + c].norm(dim=1), torch.ones(1, 16, 16), atol=1e-5)
+        start += c
+    assert not torch.allclose(g[:, :64].norm(dim=1), torch.ones(1, 16, 16), atol=1e-2)
+
+
+def test_layer1_part_equals_the_normalised_layer1_map():
+    """Layer 1 is already at 1/4 resolution: its slice of the hypercolumn is that map, normalised."""
+    torch.manual_seed(0)
+    net = ResNetEncoder("resnet18").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.hypercolumn(x)[:, :64], F.normalize(net.layers(x)[0], dim=1), atol=1e-6)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = ResNetEncoder("resnet18", normalize_layers=False).eval()
+    net.save_pretrained(tmp_path / "final")
+    assert (tmp_path / "final" / "model.safetensors").exists() and (tmp_path / "final" / "config.json").exists()
+    again = ResNetEncoder.from_pretrained(tmp_path / "final").eval()
+    assert again.arch == "resnet18" and again.normalize_layers is False
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net.hypercolumn(x), again.hypercolumn(x))
+
+
+def test_unknown_arch_is_refused():
+    with pytest.raises(ValueError, match="arch must be one of"):
+        ResNetEncoder("vgg16")
+
+
+def test_byol_loss_values():
+    v = torch.randn(5, 8)
+    assert byol_loss(v, 3 * v).item() == pytest.approx(0.0, abs=1e-6)
+    assert byol_loss(v, -v).item() == pytest.approx(4.0, abs=1e-6)
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert byol_loss(a, b).item() == pytest.approx(2.0)                 # orthogonal: 2 - 0
+
+
+def test_mlp_head_shapes():
+    head = MLPHead(512, hidden=64, dim_out=16)
+    assert head(torch.randn(4, 512)).shape == (4, 16)
