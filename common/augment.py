@@ -9,6 +9,7 @@ Coordinates are pixel centres, as everywhere in the project (common/data/images.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,3 +87,106 @@ def warped_pairs(images: torch.Tensor, points: torch.Tensor, generator: torch.Ge
     (exact), and the warps."""
     tps = random_tps(len(images), images.shape[-1], generator, **warp_args).to(images.device)
     return tps.warp(images), tps.forward(points), tps
+
+
+# ------------------------------------------------------------------ BYOL views, batched on the device
+@dataclass
+class ViewConfig:
+    """One view's augmentation (BYOL, Grill et al. 2020, Table 6): view 1 blurs always and never
+    solarizes, view 2 blurs with p 0.1 and solarizes with p 0.2."""
+    size: int = 96
+    scale: tuple[float, float] = (0.08, 1.0)      # area of the random resized crop
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: float = 0.8                           # probability of colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grey: float = 0.2
+    blur: float = 1.0
+    solarize: float = 0.0
+
+
+VIEW1 = ViewConfig()
+VIEW2 = ViewConfig(blur=0.1, solarize=0.2)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def view_params(n: int, cfg: ViewConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random choice of n views, drawn on the CPU in one go (cheap), so a distributed run can
+    draw the global batch's and keep its own slice: one or several processes then see the same views."""
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    area = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u(n)
+    logr = torch.log(torch.tensor(cfg.ratio))
+    ratio = torch.exp(logr[0] + (logr[1] - logr[0]) * u(n))
+    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)   # fractions of the side
+    return {"w": w, "h": h, "cx": (1 - w) * (2 * u(n) - 1), "cy": (1 - h) * (2 * u(n) - 1),  # centres in [-1, 1]
+            "flip": (u(n) < cfg.flip).float(), "jitter": (u(n) < cfg.jitter).float(),
+            "brightness": 1 + cfg.brightness * (2 * u(n) - 1), "contrast": 1 + cfg.contrast * (2 * u(n) - 1),
+            "saturation": 1 + cfg.saturation * (2 * u(n) - 1), "hue": cfg.hue * (2 * u(n) - 1),
+            "grey": (u(n) < cfg.grey).float(), "blur": (u(n) < cfg.blur).float(),
+            "sigma": 0.1 + 1.9 * u(n), "solarize": (u(n) < cfg.solarize).float()}
+
+
+def crop_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """affine_grid matrices [N, 2, 3]: output [-1, 1]^2 -> the crop in the input, x mirrored on flips."""
+    sx = p["w"] * (1 - 2 * p["flip"])
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, p["cx"]], -1), torch.stack([zero, p["h"], p["cy"]], -1)], 1)
+
+
+def _bcast(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return x.to(ref.device, ref.dtype).view(-1, 1, 1, 1)
+
+
+def colour(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue (in that order), then grey, on [N, 3, H, W] in [0, 1]."""
+    luma = x.new_tensor(LUMA).view(1, 3, 1, 1)
+    on = _bcast(p["jitter"], x)
+    y = x * torch.lerp(torch.ones_like(on), _bcast(p["brightness"], x), on)
+    grey = (y * luma).sum(1, keepdim=True)
+    y = torch.lerp(grey.mean((2, 3), keepdim=True), y, torch.lerp(torch.ones_like(on), _bcast(p["contrast"], x), on))
+    grey = (y * luma).sum(1, keepdim=True)
+    y = torch.lerp(grey, y, torch.lerp(torch.ones_like(on), _bcast(p["saturation"], x), on))
+    y = _rotate_hue(y, p["hue"].to(x.device, x.dtype) * p["jitter"].to(x.device, x.dtype))
+    y = y.clamp(0, 1)
+    return torch.lerp(y, (y * luma).sum(1, keepdim=True).expand_as(y), _bcast(p["grey"], x))
+
+
+def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate the chroma of RGB images about the grey axis by `turns` of a full circle (YIQ)."""
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    a = 2 * math.pi * turns
+    c, s, one, zero = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
+    rot = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, c, -s], -1),
+                       torch.stack([zero, s, c], -1)], 1)                             # [N, 3, 3]
+    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+    return torch.einsum("nij,njhw->nihw", m, x)
+
+
+def blur(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Gaussian blur with each image's sigma (in units of a 224 px image, scaled to this size, as
+    BYOL's kernel of 23 px at 224), where p['blur'] is set; one grouped separable convolution."""
+    n, c, h, w = x.shape
+    sigma = (p["sigma"] * h / 224).clamp(min=1e-3).to(x.device, x.dtype)
+    k = 2 * max(1, round(11 * h / 224)) + 1                    # BYOL's 23 px at 224 px
+    t = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    g = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    g = g / g.sum(1, keepdim=True)
+    off = (p["blur"] == 0).to(x.device)
+    g[off] = 0
+    g[off, k // 2] = 1                                                                 # identity kernel
+    g = g.repeat_interleave(c, 0)                                                      # [N*C, k]
+    y = F.conv2d(F.pad(x.reshape(1, n * c, h, w), (k // 2, k // 2, 0, 0), mode="reflect"), g[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), g[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def byol_views(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """uint8 images [N, 3, S, S] (on any device) -> augmented float views [N, 3, size, size] in [0, 1]."""
+    x = images.float() / 255
+    grid = F.affine_grid(crop_theta(p).to(x.device, x.dtype), [len(x), 3, size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    x = blur(colour(x, p), p)
+    return torch.where(_bcast(p["solarize"], x) > 0, torch.where(x < 0.5, x, 1 - x), x)

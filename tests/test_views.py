@@ -1,0 +1,82 @@
+"""BYOL's batched views: crops stay inside, choices are per image, solarize only on the target view."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.augment import VIEW1, VIEW2, ViewConfig, blur, byol_views, colour, crop_theta, view_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PLAIN = ViewConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, jitter=0.0, grey=0.0, blur=0.0, solarize=0.0)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_crops_stay_inside_the_image():
+    p = view_params(4096, VIEW1, gen())
+    theta = crop_theta(p)
+    assert (theta[:, 0, 2].abs() + theta[:, 0, 0].abs() <= 1 + 1e-6).all()
+    assert (theta[:, 1, 2].abs() + theta[:, 1, 1].abs() <= 1 + 1e-6).all()
+    area = p["w"] * p["h"]
+    assert area.min() >= 0.08 * 0.99 and area.max() <= 1 + 1e-6
+
+
+def test_choices_differ_per_image_and_repeat_with_the_seed():
+    a, b = view_params(64, VIEW2, gen(1)), view_params(64, VIEW2, gen(1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["brightness"].unique().numel() == 64 and a["sigma"].unique().numel() == 64
+    assert 0 < a["flip"].mean() < 1 and 0 < a["solarize"].sum() < 64
+
+
+def test_solarize_only_on_the_target_view():
+    assert VIEW1.solarize == 0 and VIEW2.solarize == 0.2 and VIEW1.blur == 1.0 and VIEW2.blur == 0.1
+    assert view_params(2000, VIEW1, gen()).get("solarize").sum() == 0
+    share = view_params(2000, VIEW2, gen())["solarize"].mean()
+    assert 0.17 < share < 0.23
+
+
+def test_plain_view_is_the_resized_image_and_solarize_inverts_bright_pixels():
+    img = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    p = view_params(3, PLAIN, gen())
+    out = byol_views(img, p, 16)
+    ref = F.interpolate(img.float() / 255, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, ref, atol=1e-5)
+    p["solarize"] = torch.tensor([0.0, 1.0, 0.0])
+    sol = byol_views(img, p, 16)
+    assert torch.allclose(sol[[0, 2]], ref[[0, 2]], atol=1e-5)
+    assert torch.allclose(sol[1], torch.where(ref[1] < 0.5, ref[1], 1 - ref[1]), atol=1e-5)
+
+
+def test_flip_mirrors_the_crop():
+    img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    p = view_params(1, dataclasses.replace(PLAIN, flip=1.0), gen())
+    assert torch.allclose(byol_views(img, p, 16), img.float().flip(-1) / 255, atol=1e-5)
+
+
+def test_grey_and_brightness_against_hand_values():
+    x = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(1, 3, 2, 2).clone()
+    p = view_params(1, PLAIN, gen())
+    p["grey"] = torch.ones(1)
+    y = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6
+    assert torch.allclose(colour(x, p), torch.full_like(x, y), atol=1e-6)
+    p = view_params(1, PLAIN, gen())
+    p["jitter"], p["brightness"], p["contrast"], p["saturation"], p["hue"] = (torch.ones(1), torch.tensor([1.5]),
+                                                                              torch.ones(1), torch.ones(1), torch.zeros(1))
+    assert torch.allclose(colour(x, p), (x * 1.5).clamp(0, 1), atol=1e-5)
+
+
+def test_blur_matches_a_gaussian_and_keeps_unblurred_images():
+    x = torch.zeros(2, 3, 224, 224)
+    x[:, :, 112, 112] = 1.0
+    p = {"sigma": torch.tensor([2.0, 2.0]), "blur": torch.tensor([1.0, 0.0])}
+    y = blur(x, p)
+    assert torch.equal(y[1], x[1])
+    row = y[0, 0, 112, 112 - 5:112 + 6]
+    t = torch.arange(-5, 6, dtype=torch.float32)
+    g = torch.exp(-0.5 * (t / 2.0) ** 2)
+    g = g / torch.exp(-0.5 * (torch.arange(-11, 12, dtype=torch.float32) / 2.0) ** 2).sum()  # 23 taps
+    assert torch.allclose(row, g * g[5], atol=1e-5)
+    assert y[0].sum(dim=(1, 2)).allclose(torch.ones(3), atol=1e-4)
