@@ -55,13 +55,16 @@ def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: 
     so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory."""
     n, c = query_features.shape[:2]
     desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
-    dots = desc.new_zeros(n, ref_points.shape[1], image_size * image_size)
-    norm2 = desc.new_zeros(n, 1, image_size * image_size)
+    dots = desc.new_zeros(n, image_size * image_size, ref_points.shape[1])
+    norm2 = desc.new_zeros(n, image_size * image_size, 1)
     for a in range(0, c, chunk):
-        up = F.interpolate(query_features[:, a:a + chunk].float(), size=(image_size, image_size),
-                           mode="bilinear", align_corners=False).flatten(2)            # [N, c', S*S]
-        dots += desc[..., a:a + chunk] @ up
-        norm2 += (up * up).sum(1, keepdim=True)
+        # channels-last upsampling is ~10x faster on a CPU, and gives the [N, S*S, c] layout directly
+        part = query_features[:, a:a + chunk].float().contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(part, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        up = rearrange(up, "n c h w -> n (h w) c")
+        dots += up @ desc[..., a:a + chunk].transpose(1, 2)
+        norm2 += (up * up).sum(-1, keepdim=True)
+    dots, norm2 = dots.transpose(1, 2), norm2.transpose(1, 2)                             # [N, P, S*S]
     sim = dots / norm2.sqrt().clamp(min=1e-8)
     score, idx = sim.max(-1)
     pts = torch.stack([idx % image_size, idx // image_size], -1).float()

@@ -1,0 +1,57 @@
+"""The matching probe: does a dense feature put a face's points where they belong?
+
+Two protocols (DVE, ContrastLandmark, LEAD Table 1) on labelled images of a tensor cache:
+  same identity  an image against a random TPS warp of itself; the truth is the warp;
+  different id.  the landmarks of image A carried to image B of another identity, against B's own.
+Errors are in pixels at the probe size and in % of the inter-ocular distance, next to the floor of
+leaving every point where it is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import warped_pairs
+from .metrics import inter_ocular, matching_errors
+
+
+def _resized(cache, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N, 3, size, size] in [0, 1] and their landmarks at that size."""
+    b = cache.batch(idx)
+    s = b["images"].shape[-1]
+    images = F.interpolate(b["images"].float() / 255, size=(size, size), mode="area" if size < s else "bilinear")
+    return images, (b["landmarks"] + 0.5) * (size / s) - 0.5
+
+
+def _summary(err: torch.Tensor, floor: torch.Tensor, iod: torch.Tensor, name: str) -> dict[str, float]:
+    rel, rel_floor = 100 * err / iod[:, None], 100 * floor / iod[:, None]
+    return {f"{name}_px": err.mean().item(), f"{name}_iod": rel.mean().item(),
+            f"{name}_iod_median": rel.median().item(), f"{name}_miss": (rel > 100).float().mean().item(),
+            f"{name}_floor_iod": rel_floor.mean().item()}
+
+
+@torch.no_grad()
+def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, batch: int = 25) -> dict[str, float]:
+    """Same- and different-identity matching of `extract` (images [N, 3, s, s] in [0, 1] ->
+    feature maps covering the image) on `pairs` pairs of each kind, drawn with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = len(cache)
+    ident = np.asarray(cache.identity)
+    a = rng.choice(n, size=pairs, replace=pairs > n)
+    b = np.array([rng.choice(np.flatnonzero(ident != ident[i])) for i in a])
+    out: dict[str, list] = {"same": [], "same_floor": [], "diff": [], "diff_floor": [], "iod_a": [], "iod_b": []}
+    for s in range(0, pairs, batch):
+        img_a, lm_a = _resized(cache, a[s:s + batch], size)
+        warped, truth, _ = warped_pairs(img_a, lm_a, g)
+        out["same"].append(matching_errors(extract, img_a, warped, lm_a, truth))
+        out["same_floor"].append((lm_a - truth).norm(dim=-1))
+        img_b, lm_b = _resized(cache, b[s:s + batch], size)
+        out["diff"].append(matching_errors(extract, img_a, img_b, lm_a, lm_b))
+        out["diff_floor"].append((lm_a - lm_b).norm(dim=-1))
+        out["iod_a"].append(inter_ocular(truth))
+        out["iod_b"].append(inter_ocular(lm_b))
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    return {**_summary(cat["same"], cat["same_floor"], cat["iod_a"], "same"),
+            **_summary(cat["diff"], cat["diff_floor"], cat["iod_b"], "diff")}
