@@ -13,7 +13,7 @@ from .data.images import DataError
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
-    for noisy in ("datasets", "huggingface_hub", "fsspec", "filelock", "httpx", "httpcore"):
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "filelock", "httpx", "httpcore", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     datasets.disable_progress_bars()
 

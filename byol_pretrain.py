@@ -1,0 +1,230 @@
+"""Stage 1: BYOL pretraining of the instance-level encoder (LEAD Sec. 3.2, supplement D).
+
+    accelerate launch byol_pretrain.py --output_dir runs/byol                  # the paper's settings
+    accelerate launch byol_pretrain.py --arch resnet18 --crop_size 64 --batch_size 64 --max_steps 300 \\
+        --optimizer adam --lr 1e-3 --output_dir runs/demo/byol                  # minutes on a 2-core CPU
+
+Writes OUTPUT/final/ (the online encoder, Φ_G: config.json, model.safetensors, README.md),
+OUTPUT/checkpoints/ (Accelerate state for --resume, the EMA target included), args.json and
+metrics.jsonl. The next stage takes `--init_from OUTPUT/final`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from common.augment import VIEW1, VIEW2, byol_views, view_params
+from common.cli import run
+from common.data import at_least, data_args, describe, load_tensors
+from common.losses import byol_loss
+from common.models import ARCHS, MLPHead, ResNetEncoder
+from common.probe import matching_probe
+from common.training import (Counter, JsonLog, checkpoint_dirs, ema_momentum, ema_update, prepare_output,
+                             save_args, save_checkpoint, warmup_cosine)
+
+logger = logging.getLogger("lead")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args()])
+    g = parser.add_argument_group("Model")
+    g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone; resnet18 for CPU-sized runs")
+    g.add_argument("--no_normalize_layers", action="store_true", help="hypercolumn without per-layer L2 norm")
+    g.add_argument("--proj_hidden", type=at_least(1), default=4096, help="projector/predictor hidden width")
+    g.add_argument("--proj_dim", type=at_least(1), default=256, help="projection width")
+    g = parser.add_argument_group("Optimisation")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
+                   help="sgd (the paper); adam learns faster in short CPU runs")
+    g.add_argument("--lr", type=float, default=3e-2,
+                   help="SGD: learning rate for a batch of 256, scaled linearly with --batch_size; adam: used as is")
+    g.add_argument("--weight_decay", type=float, default=1e-4,
+                   help="1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
+    g.add_argument("--grad_accum", type=at_least(1), default=1, help="gradient accumulation steps")
+    g.add_argument("--epochs", type=at_least(1), default=200)
+    g.add_argument("--max_steps", type=at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--warmup_epochs", type=float, default=2.0)
+    g.add_argument("--ema", type=float, default=0.99, help="initial target momentum (rises to 1 along a cosine)")
+    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
+    g = parser.add_argument_group("Run")
+    g.add_argument("--output_dir", default="runs/byol")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
+    g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
+    g.add_argument("--checkpoint_every", type=at_least(1), default=500, help="steps between checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=at_least(1), default=2, help="checkpoints kept")
+    g.add_argument("--exit_after_steps", type=at_least(1), default=None,
+                   help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
+                        "continue with --resume")
+    g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
+    return parser
+
+
+class BYOL(nn.Module):
+    """Online network (encoder, projector, predictor) and the symmetrised loss against a target."""
+
+    def __init__(self, encoder: ResNetEncoder, hidden: int, dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.width, hidden, dim)
+        self.predictor = MLPHead(dim, hidden, dim)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, target: nn.Module) -> torch.Tensor:
+        p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in (v1, v2))
+        with torch.no_grad():
+            z1, z2 = target(v1), target(v2)
+        return byol_loss(p1, z2) + byol_loss(p2, z1)
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """The global batch of a step: epoch e is a permutation drawn from (seed, e); the last partial
+    batch of an epoch is dropped. Depends only on the step, so a resumed run continues exactly."""
+    per_epoch = n // batch
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).numpy()
+    return perm[k * batch:(k + 1) * batch]
+
+
+def make_views(images: torch.Tensor, step: int, seed: int, size: int, rank: int, world: int):
+    """Both views of this process's share of the global batch, drawn from (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+    n = len(images) * world
+    lo, hi = rank * len(images), (rank + 1) * len(images)
+    p1, p2 = ({k: v[lo:hi] for k, v in view_params(n, cfg, g).items()} for cfg in (VIEW1, VIEW2))
+    return byol_views(images, p1, size), byol_views(images, p2, size)
+
+
+def build(args, steps_per_epoch: int):
+    torch.manual_seed(args.seed)
+    encoder = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+    model = BYOL(encoder, args.proj_hidden, args.proj_dim)
+    target = nn.Sequential(copy.deepcopy(model.encoder), copy.deepcopy(model.projector)).requires_grad_(False)
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr * args.batch_size / 256, momentum=args.momentum,
+                              weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    total = args.max_steps or args.epochs * steps_per_epoch
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+    return model, target, opt, sched, total
+
+
+def train_step(accelerator, model, target, opt, sched, images, args, step, total):
+    v1, v2 = make_views(images, step, args.seed, args.crop_size, accelerator.process_index, accelerator.num_processes)
+    with accelerator.accumulate(model):
+        loss = model(v1, v2, target)
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    if accelerator.sync_gradients:
+        online = accelerator.unwrap_model(model)
+        ema_update(list(target.parameters()),
+                   list(online.encoder.parameters()) + list(online.projector.parameters()),
+                   ema_momentum(step, total, args.ema))
+    return loss.detach()
+
+
+def probe(args, accelerator, encoder: ResNetEncoder) -> dict:
+    """Matching on the synthetic validation split: trained vs. the same network untrained."""
+    if not args.probe_pairs or not accelerator.is_main_process:
+        return {}
+    cache = load_tensors(args, "val")
+    torch.manual_seed(args.seed)
+    random_net = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+    out = {}
+    for name, net in (("trained", encoder), ("random", random_net)):
+        was = net.training
+        net.eval().to(accelerator.device)
+        hyper = lambda x: net.hypercolumn(x.to(accelerator.device)).float().cpu()  # noqa: E731
+        out[name] = matching_probe(hyper, cache, args.crop_size, pairs=args.probe_pairs, seed=args.seed)
+        net.train(was)
+    return out
+
+
+def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
+    lines = [f"# LEAD stage 1: BYOL {args.arch}", "", "Instance-level encoder Φ_G, trained with BYOL by "
+             "`byol_pretrain.py` (the reference implementation of LEAD, WACV 2022).", "",
+             f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, "
+             f"views {args.crop_size} px, optimizer {args.optimizer} lr {args.lr} (per 256)",
+             "- load: `ResNetEncoder.from_pretrained(folder)`; `hypercolumn(images)` gives the dense features", ""]
+    if probe_result:
+        lines += ["| matching probe (% inter-ocular distance, mean) | same identity | different identity |",
+                  "| --- | --- | --- |"]
+        for name, r in probe_result.items():
+            lines.append(f"| {name} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} |")
+        r = next(iter(probe_result.values()))
+        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> dict:
+    out = Path(args.output_dir)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+    with accelerator.main_process_first():
+        cache = load_tensors(args, "pretrain")
+    if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
+        raise ValueError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
+                         f"and not exceed the {len(cache)} images")
+    model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    target.to(accelerator.device).train()
+    counter = Counter()
+    accelerator.register_for_checkpointing(target, counter)
+    if args.resume:
+        accelerator.load_state(str(checkpoint_dirs(out)[-1]))
+    elif accelerator.is_main_process:
+        save_args(args, out)
+    log = JsonLog(out / "metrics.jsonl", accelerator.is_main_process)
+    local = args.batch_size // accelerator.num_processes
+    stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
+    t0, seen = time.perf_counter(), 0
+    while counter.step < stop:
+        idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
+        idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
+        images = cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
+        loss = train_step(accelerator, model, target, opt, sched, images, args, counter.step, total)
+        counter.step += 1
+        seen += args.batch_size
+        if counter.step % args.log_every == 0 or counter.step == stop:
+            loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
+            rate = seen / (time.perf_counter() - t0)
+            log.write({"step": counter.step, "loss": loss, "lr": sched.get_last_lr()[0], "pairs_per_s": rate,
+                       "world_size": accelerator.num_processes})
+            logger.info("step %d/%d  loss %.4f  lr %.2e  %.1f pairs/s", counter.step, total, loss,
+                        sched.get_last_lr()[0], rate)
+        if counter.step % args.checkpoint_every == 0 or counter.step == stop:
+            save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
+    if counter.step < total:
+        logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
+        return {"step": counter.step}
+    encoder = accelerator.unwrap_model(model).encoder
+    result = probe(args, accelerator, encoder)
+    if accelerator.is_main_process:
+        encoder.save_pretrained(out / "final")
+        (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))
+        log.write({"step": counter.step, "probe": result})
+    accelerator.wait_for_everyone()
+    return {"step": counter.step, "probe": result}
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

@@ -1,0 +1,66 @@
+"""Stage 1 on tiny data: the hand-off folder, exact resume, the schedules, the output-folder contract."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import byol_pretrain
+from common.data import DataError
+from common.models import ResNetEncoder
+from common.training import ema_momentum, ema_update, warmup_cosine
+
+TINY = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",
+        "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
+        "--data_workers", "1", "--checkpoint_every", "100"]
+
+
+def run(out, *extra):
+    args = byol_pretrain.get_args_parser().parse_args(TINY + ["--output_dir", str(out), *extra])
+    return byol_pretrain.main(args)
+
+
+def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
+    result = run(tmp_path / "run", "--max_steps", "3", "--probe_pairs", "6")
+    final = tmp_path / "run" / "final"
+    net = ResNetEncoder.from_pretrained(final)
+    assert net.arch == "resnet18" and (final / "README.md").read_text().startswith("# LEAD stage 1")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert len(losses) == 3 and all(math.isfinite(v) and 0 <= v <= 8 for v in losses)
+    assert lines[-1]["probe"] == result["probe"] and set(result["probe"]) == {"trained", "random"}
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["arch"] == "resnet18"
+
+
+def test_resume_continues_exactly(cache_dir, tmp_path):
+    run(tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0")
+    assert run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--exit_after_steps", "2")["step"] == 2
+    assert not (tmp_path / "split" / "final").exists()
+    run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--resume")
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_used_output_folder_is_refused(cache_dir, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "something").write_text("x")
+    with pytest.raises(DataError, match="--resume to continue that run or --overwrite"):
+        run(tmp_path / "used", "--max_steps", "1")
+    with pytest.raises(DataError, match="nothing to resume"):
+        run(tmp_path / "used", "--max_steps", "1", "--resume")
+
+
+def test_schedules():
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25) and warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5) and warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+    assert ema_momentum(0, 100, 0.99) == pytest.approx(0.99) and ema_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert ema_momentum(50, 100, 0.99) == pytest.approx(0.995)
+
+
+def test_ema_update_against_a_loop():
+    target, online = [torch.randn(3, 2), torch.randn(4)], [torch.randn(3, 2), torch.randn(4)]
+    expected = [0.9 * t + 0.1 * o for t, o in zip(target, online)]
+    ema_update(target, online, 0.9)
+    assert all(torch.allclose(t, e) for t, e in zip(target, expected))
