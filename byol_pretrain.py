@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from common.augment import VIEW1, VIEW2, byol_views, view_params
@@ -28,8 +27,8 @@ from common.data import at_least, data_args, describe, load_tensors
 from common.losses import byol_loss
 from common.models import ARCHS, MLPHead, ResNetEncoder
 from common.probe import matching_probe
-from common.training import (Counter, JsonLog, checkpoint_dirs, ema_momentum, ema_update, prepare_output,
-                             save_args, save_checkpoint, warmup_cosine)
+from common.training import (Counter, JsonLog, checkpoint_dirs, ema_momentum, ema_update, make_accelerator,
+                             prepare_output, save_args, save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
 
@@ -56,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup_epochs", type=float, default=2.0)
     g.add_argument("--ema", type=float, default=0.99, help="initial target momentum (rises to 1 along a cosine)")
     g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
+    g.add_argument("--bn_eval", action="store_true",
+                   help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
+                        "runs with different numbers of processes exactly)")
     g = parser.add_argument_group("Run")
     g.add_argument("--output_dir", default="runs/byol")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
@@ -173,7 +175,7 @@ def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
 
 def main(args) -> dict:
     out = Path(args.output_dir)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    accelerator = make_accelerator(args.mixed_precision, args.grad_accum)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -187,6 +189,10 @@ def main(args) -> dict:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     target.to(accelerator.device).train()
+    if args.bn_eval:
+        for m in list(model.modules()) + list(target.modules()):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     counter = Counter()
     accelerator.register_for_checkpointing(target, counter)
     if args.resume:

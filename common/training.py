@@ -13,6 +13,18 @@ import torch
 from .data.images import DataError
 
 
+def make_accelerator(mixed_precision: str, grad_accum: int):
+    """The Accelerator. Under torchrun on a machine without CUDA, Accelerate only forms a process
+    group (gloo, MULTI_CPU) when told it runs on the CPU, so say so there."""
+    from accelerate import Accelerator
+
+    cpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+    # step_scheduler_with_optimizer=False: our schedules count global steps; Accelerate would otherwise
+    # step them once per process
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       step_scheduler_with_optimizer=False)
+
+
 def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
     """Refuse to touch a used folder unless --resume (continue) or --overwrite (replace) says so."""
     used = out.exists() and any(out.iterdir())

@@ -64,3 +64,36 @@ def test_ema_update_against_a_loop():
     expected = [0.9 * t + 0.1 * o for t, o in zip(target, online)]
     ema_update(target, online, 0.9)
     assert all(torch.allclose(t, e) for t, e in zip(target, expected))
+
+
+def _delta(folder, init):
+    w = load_file(folder / "final" / "model.safetensors")
+    return torch.cat([(w[k].float() - init[k].float()).flatten() for k in sorted(w) if "num_batches" not in k])
+
+
+def test_two_processes_take_the_same_step_as_one(cache_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and one process with the same global batch take the same
+    SGD step (BatchNorm on running statistics, so per-process batch statistics do not differ); a run
+    with another seed does not."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    sgd = ["--optimizer", "sgd", "--lr", "2.0", "--momentum", "0", "--weight_decay", "0", "--max_steps", "1",
+           "--probe_pairs", "0", "--bn_eval"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "byol_pretrain.py",
+           *TINY, *sgd, "--output_dir", str(tmp_path / "two")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["world_size"] == 2
+    run(tmp_path / "one", *sgd)
+    run(tmp_path / "other_seed", *sgd, "--seed", "1")
+    torch.manual_seed(0)
+    init = ResNetEncoder("resnet18").state_dict()
+    two, one = _delta(tmp_path / "two", init), _delta(tmp_path / "one", init)
+    torch.manual_seed(1)
+    other = _delta(tmp_path / "other_seed", ResNetEncoder("resnet18").state_dict())
+    assert one.norm() > 0
+    assert (two - one).norm() / one.norm() < 1e-4, ((two - one).norm() / one.norm()).item()
+    assert (other - one).norm() / one.norm() > 0.5
