@@ -26,7 +26,7 @@ from common.cli import run
 from common.data import at_least, data_args, describe, load_tensors
 from common.losses import byol_loss
 from common.models import ARCHS, MLPHead, ResNetEncoder
-from common.probe import matching_probe
+from common.probe import matching_probe, photo_probe
 from common.training import (Counter, JsonLog, checkpoint_dirs, ema_momentum, ema_update, make_accelerator,
                              prepare_output, save_args, save_checkpoint, warmup_cosine)
 
@@ -152,7 +152,8 @@ def probe(args, accelerator, encoder: ResNetEncoder) -> dict:
         was = net.training
         net.eval().to(accelerator.device)
         hyper = lambda x: net.hypercolumn(x.to(accelerator.device)).float().cpu()  # noqa: E731
-        out[name] = matching_probe(hyper, cache, args.crop_size, pairs=args.probe_pairs, seed=args.seed)
+        out[name] = {**matching_probe(hyper, cache, args.crop_size, pairs=args.probe_pairs, seed=args.seed),
+                     **photo_probe(hyper, args.crop_size, pairs=max(args.probe_pairs // 2, 1), seed=args.seed)}
         net.train(was)
     return out
 
@@ -164,12 +165,13 @@ def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
              f"views {args.crop_size} px, optimizer {args.optimizer} lr {args.lr} (per 256)",
              "- load: `ResNetEncoder.from_pretrained(folder)`; `hypercolumn(images)` gives the dense features", ""]
     if probe_result:
-        lines += ["| matching probe (% inter-ocular distance, mean) | same identity | different identity |",
-                  "| --- | --- | --- |"]
+        lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
+                  "| --- | --- | --- | --- |"]
         for name, r in probe_result.items():
-            lines.append(f"| {name} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} |")
+            lines.append(f"| {name} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |")
         r = next(iter(probe_result.values()))
-        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} |")
+        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
+                     f"{r['photo_floor_px']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -55,3 +55,19 @@ def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, b
     cat = {k: torch.cat(v) for k, v in out.items()}
     return {**_summary(cat["same"], cat["same_floor"], cat["iod_a"], "same"),
             **_summary(cat["diff"], cat["diff_floor"], cat["iod_b"], "diff")}
+
+
+@torch.no_grad()
+def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str, float]:
+    """Same-image matching under random TPS warps on a real photograph that ships with scikit-image
+    (`astronaut`, a portrait), resized to `size`: errors in pixels at that size, and the floor."""
+    from skimage.data import astronaut
+
+    g = torch.Generator().manual_seed(seed)
+    photo = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255
+    images = F.interpolate(photo, size=(size, size), mode="area").repeat(pairs, 1, 1, 1)
+    points = size * (0.2 + 0.6 * torch.rand(pairs, 16, 2, generator=g))   # inside, away from the borders
+    warped, truth, _ = warped_pairs(images, points, g)
+    err = matching_errors(extract, images, warped, points, truth)
+    return {"photo_px": err.mean().item(), "photo_px_median": err.median().item(),
+            "photo_floor_px": (points - truth).norm(dim=-1).mean().item()}
