@@ -97,3 +97,17 @@ def test_two_processes_take_the_same_step_as_one(cache_dir, tmp_path):
     assert one.norm() > 0
     assert (two - one).norm() / one.norm() < 1e-4, ((two - one).norm() / one.norm()).item()
     assert (other - one).norm() / one.norm() > 0.5
+
+
+def test_accelerate_launch_runs_the_script(cache_dir, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+           "--mixed_precision", "no", "byol_pretrain.py", *TINY, "--max_steps", "2", "--probe_pairs", "0",
+           "--output_dir", str(tmp_path / "run")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ResNetEncoder.from_pretrained(tmp_path / "run" / "final").arch == "resnet18"
+    losses = [json.loads(x).get("loss") for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for v in losses if v is not None) and losses[0] is not None

@@ -1,7 +1,7 @@
 """How fast the synthetic faces are made: generation alone, then generation + writing both caches.
 
-    .venv/bin/python scripts/bench_synthetic.py                 # 128 px, 2 worker processes
-    .venv/bin/python scripts/bench_synthetic.py --num_images 4000 --workers 2 --variant unaligned
+    .venv/bin/python benchmarks/synthetic_speed.py                 # 128 px, 2 worker processes
+    .venv/bin/python benchmarks/synthetic_speed.py --num_images 4000 --workers 2 --variant unaligned
 
 Prints images per second; nothing is asserted (timings depend on the machine).
 """
