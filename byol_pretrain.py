@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 
 from common.augment import VIEW1, VIEW2, byol_views, view_params
 from common.cli import run
-from common.data import at_least, data_args, describe, load_tensors
+from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.losses import byol_loss
 from common.models import ARCHS, MLPHead, ResNetEncoder
 from common.probe import matching_probe, photo_probe
@@ -191,7 +191,7 @@ def main(args) -> dict:
     with accelerator.main_process_first():
         cache = load_tensors(args, "pretrain")
     if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
-        raise ValueError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
+        raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
                          f"and not exceed the {len(cache)} images")
     model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":

@@ -30,8 +30,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
     used = out.exists() and any(out.iterdir())
     if used and not (resume or overwrite):
         raise DataError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
-    if resume and not (out / "checkpoints").exists():
-        raise DataError(f"{out}: nothing to resume (no checkpoints/ folder)")
+    if resume and not checkpoint_dirs(out):
+        raise DataError(f"{out}: nothing to resume (no finished checkpoint in checkpoints/)")
     if overwrite and used and not resume and is_main:
         shutil.rmtree(out)
     if is_main:

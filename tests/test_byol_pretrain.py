@@ -50,6 +50,11 @@ def test_a_used_output_folder_is_refused(cache_dir, tmp_path):
         run(tmp_path / "used", "--max_steps", "1")
     with pytest.raises(DataError, match="nothing to resume"):
         run(tmp_path / "used", "--max_steps", "1", "--resume")
+    (tmp_path / "used" / "checkpoints" / ".tmp_step_3").mkdir(parents=True)   # a write that was killed
+    with pytest.raises(DataError, match="nothing to resume"):
+        run(tmp_path / "used", "--max_steps", "1", "--resume")
+    with pytest.raises(DataError, match="--batch_size 64 must divide by 1 processes and not exceed the 40"):
+        run(tmp_path / "new", "--max_steps", "1", "--batch_size", "64")
 
 
 def test_schedules():
