@@ -73,6 +73,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
                         "continue with --resume")
     g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
+    g.add_argument("--eval_every", type=float, default=None,
+                   help="also run the probe every this many epochs (it always runs at the end)")
+    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub at the end")
+    g.add_argument("--hub_model_id", default=None, help="the Hub repository for --push_to_hub, e.g. user/lead-byol")
     return parser
 
 
@@ -165,6 +169,15 @@ def probe(args, accelerator, encoder: ResNetEncoder) -> dict:
     return out
 
 
+def push(folder: Path, repo_id: str) -> None:
+    """Upload final/ (weights, config, model card) to the Hub."""
+    import huggingface_hub
+
+    huggingface_hub.create_repo(repo_id, exist_ok=True)
+    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="LEAD stage 1 (BYOL)")
+    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
+
+
 def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
     lines = [f"# LEAD stage 1: BYOL {args.arch}", "", "Instance-level encoder Φ_G, trained with BYOL by "
              "`byol_pretrain.py` (the reference implementation of LEAD, WACV 2022).", "",
@@ -184,6 +197,8 @@ def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
 
 def main(args) -> dict:
     out = Path(args.output_dir)
+    if args.push_to_hub and not args.hub_model_id:
+        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-byol)")
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
@@ -212,6 +227,7 @@ def main(args) -> dict:
     local = args.batch_size // accelerator.num_processes
     stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
     t0, seen = time.perf_counter(), 0
+    every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     while counter.step < stop:
         idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
         idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
@@ -226,6 +242,9 @@ def main(args) -> dict:
                        "world_size": accelerator.num_processes})
             logger.info("step %d/%d  loss %.4f  lr %.2e  %.1f pairs/s", counter.step, total, loss,
                         sched.get_last_lr()[0], rate)
+        if every and counter.step % every == 0 and counter.step < total:
+            log.write({"step": counter.step, "probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder)})
+            accelerator.wait_for_everyone()
         if counter.step % args.checkpoint_every == 0 or counter.step == stop:
             save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
     if counter.step < total:
@@ -237,6 +256,8 @@ def main(args) -> dict:
         encoder.save_pretrained(out / "final")
         (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))
         log.write({"step": counter.step, "probe": result})
+        if args.push_to_hub:
+            push(out / "final", args.hub_model_id)
     accelerator.wait_for_everyone()
     return {"step": counter.step, "probe": result}
 

@@ -116,3 +116,21 @@ def test_accelerate_launch_runs_the_script(cache_dir, tmp_path):
     assert ResNetEncoder.from_pretrained(tmp_path / "run" / "final").arch == "resnet18"
     losses = [json.loads(x).get("loss") for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for v in losses if v is not None) and losses[0] is not None
+
+
+def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, monkeypatch):
+    """--eval_every adds probe lines during training; --push_to_hub uploads final/ (the Hub calls are
+    replaced here: tests never use the network)."""
+    import huggingface_hub
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok: calls.append(("create", repo_id)))
+    monkeypatch.setattr(huggingface_hub, "upload_folder",
+                        lambda repo_id, folder_path, commit_message: calls.append(("upload", repo_id, folder_path)))
+    # 40 images, batch 8: 5 steps an epoch; every 0.4 epochs = every 2 steps
+    run(tmp_path / "run", "--max_steps", "5", "--probe_pairs", "4", "--eval_every", "0.4",
+        "--push_to_hub", "--hub_model_id", "someone/lead-byol")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "probe" in x] == [2, 4, 5]
+    assert calls == [("create", "someone/lead-byol"), ("upload", "someone/lead-byol", str(tmp_path / "run" / "final"))]
+    with pytest.raises(DataError, match="--push_to_hub needs --hub_model_id"):
+        run(tmp_path / "other", "--max_steps", "1", "--push_to_hub")
