@@ -483,7 +483,7 @@ def paint_beard(p: dict[str, T], u: T, v: T, px: T, col: T) -> T:
 
 
 def paint_at(fn, p: dict[str, T], R: T, cu: T, cv: T, half: float, face: dict[str, T], col: T,
-             canvas: "Canvas", on: T | None = None) -> None:
+             on: T | None = None) -> None:
     """Run painter `fn` (in place) only in a window around face point (cu, cv), for the images
     where `on` holds: features are small, so this saves most of the per-pixel work."""
     idx = torch.arange(len(R)) if on is None else on.nonzero()[:, 0]
@@ -492,27 +492,27 @@ def paint_at(fn, p: dict[str, T], R: T, cu: T, cv: T, half: float, face: dict[st
     q = p if on is None else {k: x[idx] for k, x in p.items()}
     cu, cv = cu[idx], cv[idx]
     z = q["head_c"] * (1 - sq(cu / q["head_a"]) - sq(cv / q["head_b"])).clamp(min=0).sqrt()
-    w = window(q, R[idx], torch.stack([cu, cv, z], 1), half, canvas)
+    w = window(q, R[idx], torch.stack([cu, cv, z], 1), half, col.shape[-1])
     w["mi"] = idx[:, None, None]
     put(col, w, fn(q, take(face["u"], w), take(face["v"], w), _b(q["scale"], 2), take(col, w)))
 
 
-def face_albedo(p: dict[str, T], R: T, face: dict[str, T], cv: "Canvas") -> T:
+def face_albedo(p: dict[str, T], R: T, face: dict[str, T]) -> T:
     """Skin, features and accessories at face coordinates (u, v): [M, 3, H, W]."""
     u, v, off = face["u"], face["v"], p["tex_off"]
     n = sample(u * 3 + _b(off[:, 0], 2), v * 3 + _b(off[:, 1], 2), [0, 2])
     col = _c(p["skin"]) * (0.92 + 0.16 * n[:, :1] + 0.08 * (n[:, 1:] - 0.5))
     cheek = (1 - (sq(u.abs() - 0.34) + sq(v - 0.28)) / 0.03).clamp(min=0)
     col = col * (1 - cheek[:, None] * torch.tensor([0.0, 0.07, 0.06])[None, :, None, None])
-    paint_at(paint_beard, p, R, 0 * p["tip_v"], p["chin_v"] * 0.7, 1.0, face, col, cv,
+    paint_at(paint_beard, p, R, 0 * p["tip_v"], p["chin_v"] * 0.7, 1.0, face, col,
              on=(p["beard"] > 0) | (p["stubble"] > 0))
     ex, ev = p["eye_x"], p["eye_v"]
     for side in (-1, 1):
-        paint_at(paint_brows, p, R, side * (ex + 0.02), ev - p["brow_dv"] - 0.03, 0.25, face, col, cv)
-        paint_at(paint_eyes, p, R, side * ex, ev, 0.22, face, col, cv)
-    paint_at(paint_nose, p, R, 0 * ev, p["tip_v"] + 0.05, 0.17, face, col, cv)
-    paint_at(paint_mouth, p, R, 0 * ev, p["mouth_v"] + 0.4 * p["open"], 0.3, face, col, cv)
-    paint_at(paint_glasses, p, R, 0 * ev, ev, 0.8, face, col, cv, on=p["glasses"] > 0)
+        paint_at(paint_brows, p, R, side * (ex + 0.02), ev - p["brow_dv"] - 0.03, 0.25, face, col)
+        paint_at(paint_eyes, p, R, side * ex, ev, 0.22, face, col)
+    paint_at(paint_nose, p, R, 0 * ev, p["tip_v"] + 0.05, 0.17, face, col)
+    paint_at(paint_mouth, p, R, 0 * ev, p["mouth_v"] + 0.4 * p["open"], 0.3, face, col)
+    paint_at(paint_glasses, p, R, 0 * ev, ev, 0.8, face, col, on=p["glasses"] > 0)
     return col
 
 
@@ -584,20 +584,18 @@ def canvas(p: dict[str, T], R: T, objs: list[tuple[T, T, T]], size: int) -> Canv
     return Canvas(y0, max(y1, y0 + 1), x0, max(x1, x0 + 1))
 
 
-def window(p: dict[str, T], R: T, centre: T, half: float, cv: Canvas) -> dict[str, T]:
+def window(p: dict[str, T], R: T, centre: T, half: float, size: int) -> dict[str, T]:
     """A square of pixels per image around a small part's projected centre, large enough for a
     ball of radius `half` (face units) at the largest scale any image can have (so the square, and
-    hence the picture, does not depend on the batch), moved inside the canvas."""
+    hence the picture, does not depend on the batch), moved inside the size x size image."""
     c = _b(p["scale"], 1) * (centre[:, None] @ R.transpose(1, 2))[:, 0, :2] + torch.stack([p["tx"], p["ty"]], 1)
-    size = max(cv.y1, cv.x1)
-    k = min(cv.y1 - cv.y0, cv.x1 - cv.x0, math.ceil(2 * half * MAX_SCALE * size) + 3)
-    x0 = (c[:, 0] - k / 2 - cv.x0).round().clamp(0, cv.x1 - cv.x0 - k).long()
-    y0 = (c[:, 1] - k / 2 - cv.y0).round().clamp(0, cv.y1 - cv.y0 - k).long()
+    k = min(size, math.ceil(2 * half * MAX_SCALE * size) + 3)
+    x0 = (c[:, 0] - k / 2).round().clamp(0, size - k).long()
+    y0 = (c[:, 1] - k / 2).round().clamp(0, size - k).long()
     ar = torch.arange(k)
     ix, iy = _b(x0, 2) + ar[None, None], _b(y0, 2) + ar[None, :, None]   # [M, 1, K], [M, K, 1]
     return {"mi": torch.arange(len(c))[:, None, None], "ix": ix, "iy": iy,
-            "xs": (ix + cv.x0 - _b(p["tx"], 2)) / _b(p["scale"], 2),
-            "ys": (iy + cv.y0 - _b(p["ty"], 2)) / _b(p["scale"], 2)}
+            "xs": (ix - _b(p["tx"], 2)) / _b(p["scale"], 2), "ys": (iy - _b(p["ty"], 2)) / _b(p["scale"], 2)}
 
 
 def take(x: T, w: dict[str, T]) -> T:
@@ -613,11 +611,12 @@ def put(x: T, w: dict[str, T], val: T) -> None:
         x[w["mi"], :, w["iy"], w["ix"]] = rearrange(val, "m c h w -> m h w c")
 
 
-def paint_ears(p: dict[str, T], R: T, objs: dict, col: T, cv: Canvas) -> T:
-    """Ears over the neck (in place, canvas-sized col); returns their depth for the head's z-test."""
-    ear_t = torch.full((len(R), cv.y1 - cv.y0, cv.x1 - cv.x0), -9.0)
+def paint_ears(p: dict[str, T], R: T, objs: dict, col: T) -> T:
+    """Ears over the neck (in place); returns their depth (-9 where none) for the head's z-test."""
+    size = col.shape[-1]
+    ear_t = torch.full((len(R), size, size), -9.0)
     for k in ("ear_l", "ear_r"):
-        w = window(p, R, objs[k][0], 0.2, cv)
+        w = window(p, R, objs[k][0], 0.2, size)
         hit = cast(objs[k], R, w["xs"], w["ys"], 2)
         cov = edge((1 - hit["rho"]) * 0.1, _b(p["scale"], 2))
         inner = (1 - (sq(hit["ns"][1]) + sq(hit["ns"][2])) / 0.6).clamp(min=0)
@@ -627,9 +626,9 @@ def paint_ears(p: dict[str, T], R: T, objs: dict, col: T, cv: Canvas) -> T:
     return ear_t
 
 
-def add_nose(p: dict[str, T], R: T, objs: dict, face: dict[str, T], cv: Canvas) -> None:
+def add_nose(p: dict[str, T], R: T, objs: dict, face: dict[str, T]) -> None:
     """Nose bridge and tip win over the head where they stand out of it (in place, in a window)."""
-    w = window(p, R, (objs["bridge"][0] + objs["tip"][0]) / 2, 0.36, cv)
+    w = window(p, R, (objs["bridge"][0] + objs["tip"][0]) / 2, 0.36, face["u"].shape[-1])
     local = {k: take(x, w) for k, x in face.items()}
     px = _b(p["scale"], 2)
     for k in ("bridge", "tip"):
@@ -647,7 +646,7 @@ def paint_head(p: dict[str, T], R: T, objs: dict, col: T) -> None:
     """Ears, head and nose with their face texture, in place."""
     cv = Canvas(0, col.shape[-2], 0, col.shape[-1])  # the whole image: windows must not depend on the batch
     (xs, ys), px = cv.grid(p), _b(p["scale"], 2)
-    ear_t = paint_ears(p, R, objs, col, cv)
+    ear_t = paint_ears(p, R, objs, col)
     head = cast(objs["head"], R, xs, ys, 2)
     X = to_face(head, 2)
     top, width, height, e = jaw_shape(p, 2)
@@ -656,8 +655,8 @@ def paint_head(p: dict[str, T], R: T, objs: dict, col: T) -> None:
     alpha = edge((1 - head["rho"]) * 0.75, px) * edge(jaw * torch.minimum(width, height), px) * (head["t"] >= ear_t)
     face = {"u": X[0], "v": X[1], "shade": shade(head, p, 2, spec=0.12), "alpha": alpha,
             "t": head["t"], "ear_t": ear_t}
-    add_nose(p, R, objs, face, cv)
-    albedo = face_albedo(p, R, face, cv)
+    add_nose(p, R, objs, face)
+    albedo = face_albedo(p, R, face)
     col.lerp_(albedo * face["shade"][:, None] * _c(p["tint"]), face["alpha"][:, None])
 
 
