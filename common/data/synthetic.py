@@ -135,12 +135,12 @@ def _write(spec: SyntheticSpec, tmp: Path, workers: int) -> None:
     lm, vis = landmarks(p)
     cache = TensorCache.create(tmp / "tensors", spec.num_images, spec.size, num_points=68)
     cache.landmarks[:], cache.visible[:], cache.identity[:] = lm.numpy(), vis.numpy(), p["identity"].numpy()
-    cache.finish({"source": "synthetic", **asdict(spec), "generator": faces.GENERATOR_VERSION})
-    ds = datasets.Dataset.from_generator(
+    ds = datasets.Dataset.from_generator(  # _rows fills the images through its own memory map
         _rows, features=features(), cache_dir=str(tmp / "hf"),
         gen_kwargs={"spec": spec, "workers": workers, "tensors": str(tmp / "tensors")})
     ds.save_to_disk(str(tmp / "dataset"))
     del ds
+    cache.finish({"source": "synthetic", **asdict(spec), "generator": faces.GENERATOR_VERSION})  # last
 
 
 def build(spec: SyntheticSpec, folder: Path, workers: int = 2) -> float:
