@@ -151,22 +151,26 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
     return loss.detach()
 
 
-def probe(args, accelerator, encoder: ResNetEncoder) -> dict:
-    """Matching on the synthetic validation split: trained vs. the same network untrained."""
+def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
+    """Matching on the synthetic validation split: trained vs. the same network untrained (measured
+    once into `baseline`, since it does not change during training)."""
     if not args.probe_pairs or not accelerator.is_main_process:
         return {}
     cache = load_tensors(args, "val")
-    torch.manual_seed(args.seed)
-    random_net = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+    nets = [("trained", encoder)]
+    if not baseline:
+        torch.manual_seed(args.seed)
+        nets.append(("random", ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)))
     out = {}
-    for name, net in (("trained", encoder), ("random", random_net)):
+    for name, net in nets:
         was = net.training
         net.eval().to(accelerator.device)
         hyper = lambda x: net.hypercolumn(x.to(accelerator.device)).float().cpu()  # noqa: E731
         out[name] = {**matching_probe(hyper, cache, args.crop_size, pairs=args.probe_pairs, seed=args.seed),
                      **photo_probe(hyper, args.crop_size, pairs=max(args.probe_pairs // 2, 1), seed=args.seed)}
         net.train(was)
-    return out
+    baseline.update({k: v for k, v in out.items() if k == "random"})
+    return {**out, "random": baseline["random"]}
 
 
 def push(folder: Path, repo_id: str) -> None:
@@ -226,7 +230,7 @@ def main(args) -> dict:
     log = JsonLog(out / "metrics.jsonl", accelerator.is_main_process)
     local = args.batch_size // accelerator.num_processes
     stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
-    t0, seen = time.perf_counter(), 0
+    t0, seen, baseline = time.perf_counter(), 0, {}
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     while counter.step < stop:
         idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
@@ -243,7 +247,8 @@ def main(args) -> dict:
             logger.info("step %d/%d  loss %.4f  lr %.2e  %.1f pairs/s", counter.step, total, loss,
                         sched.get_last_lr()[0], rate)
         if every and counter.step % every == 0 and counter.step < total:
-            log.write({"step": counter.step, "probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder)})
+            log.write({"step": counter.step,
+                       "probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)})
             accelerator.wait_for_everyone()
         if counter.step % args.checkpoint_every == 0 or counter.step == stop:
             save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
@@ -251,7 +256,7 @@ def main(args) -> dict:
         logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
         return {"step": counter.step}
     encoder = accelerator.unwrap_model(model).encoder
-    result = probe(args, accelerator, encoder)
+    result = probe(args, accelerator, encoder, baseline)
     if accelerator.is_main_process:
         encoder.save_pretrained(out / "final")
         (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))

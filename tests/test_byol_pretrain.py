@@ -131,6 +131,8 @@ def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, monkeypatch):
         "--push_to_hub", "--hub_model_id", "someone/lead-byol")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "probe" in x] == [2, 4, 5]
+    probes = [x["probe"] for x in lines if "probe" in x]
+    assert probes[0]["random"] == probes[-1]["random"] and probes[0]["trained"] != probes[-1]["trained"]
     assert calls == [("create", "someone/lead-byol"), ("upload", "someone/lead-byol", str(tmp_path / "run" / "final"))]
     with pytest.raises(DataError, match="--push_to_hub needs --hub_model_id"):
         run(tmp_path / "other", "--max_steps", "1", "--push_to_hub")
