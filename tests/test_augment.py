@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.augment import random_tps
+from common.augment import TPS, random_tps, solve_tps
 
 S = 64
 NO_WARP = dict(jitter=0.0, rotate_deg=0.0, scale=0.0, shift=0.0)
@@ -171,6 +171,21 @@ def pulled_back_blob(t, x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     return torch.exp(-d2 / (2 * sigma ** 2)).reshape(len(x), 1, S, S)
 
 
+def test_spline_commutes_with_a_similarity():
+    # a true TPS is equivariant: the spline through c -> s R (c + d) + m is s R (spline through
+    # c -> c + d) + m. (kornia 0.9's solver, which centres its kernel on the targets, is not.)
+    g = gen(5)
+    c = random_tps(3, S, g).ctrl_b
+    d = 3 * torch.randn(c.shape, generator=g)
+    ang = torch.tensor(0.3)
+    rot = torch.tensor([[ang.cos(), -ang.sin()], [ang.sin(), ang.cos()]])
+    sim = lambda p: 1.2 * p @ rot.T + torch.tensor([4.0, -2.0])          # noqa: E731
+    bent, full = (TPS(c, a, *solve_tps(c, a), S) for a in (c + d, sim(c + d)))
+    y = torch.rand(3, 200, 2, generator=g) * (S - 1)
+    torch.testing.assert_close(full.backward(y), sim(bent.backward(y)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(bent.backward(c), c + d, atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_blob_lands_at_forward_of_its_centre(seed):
     g = gen(200 + seed)
@@ -186,11 +201,11 @@ def test_blob_lands_at_forward_of_its_centre(seed):
     assert (got - centroid(pulled_back_blob(t, x))).norm(dim=-1).max() < 0.06
     # geometry: the blob sits where forward() carries its centre. The centroid of a warped Gaussian is
     # not exactly the image of its centre (the area change and curvature of W weight its two sides
-    # unequally: up to 0.30 px for the ideal blob over seeds 200-207), hence 0.35 px at worst, less on average.
+    # unequally: up to 0.37 px for the ideal blob over seeds 200-207), hence 0.45 px at worst, less on average.
     expect = t.forward(x[:, None])[:, 0].double()
     assert (expect - x.double()).norm(dim=-1).max() > 0.5               # it really moved
     err = (got - expect).norm(dim=-1)
-    assert err.max() < 0.35, err
+    assert err.max() < 0.45, err
     assert err.mean() < 0.15, err
 
 
