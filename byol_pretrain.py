@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -19,18 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from accelerate.utils import set_seed
+from einops import rearrange
 
-from common.augment import VIEW1, VIEW2, byol_views, view_params
+from common.augment import VIEW1, VIEW2, ViewConfig, byol_views, view_correspondence, view_params
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
-from common.losses import byol_loss
-from common.models import ARCHS, MLPHead, ResNetEncoder
+from common.losses import byol_loss, pixel_loss
+from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.probe import matching_probe, photo_probe
-from common.training import (Counter, JsonLog, checkpoint_dirs, ema_momentum, ema_update, make_accelerator,
-                             prepare_output, save_args, save_checkpoint, warmup_cosine)
+from common.training import (LARS, TRACKERS, Counter, Reporter, checkpoint_dirs, ema_momentum, ema_update,
+                             lars_groups, make_accelerator, prepare_output, save_args, save_checkpoint,
+                             warmup_cosine)
 
 logger = logging.getLogger("lead")
+OBJECTIVES = ("byol", "pixel", "byol+pixel")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,11 +45,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_normalize_layers", action="store_true", help="hypercolumn without per-layer L2 norm")
     g.add_argument("--proj_hidden", type=at_least(1), default=4096, help="projector/predictor hidden width")
     g.add_argument("--proj_dim", type=at_least(1), default=256, help="projection width")
+    g = parser.add_argument_group("Objective")
+    g.add_argument("--objective", default="byol", choices=OBJECTIVES,
+                   help="byol: image-level BYOL (the paper); pixel: BYOL between the dense maps of the two views at "
+                        "corresponding positions (PixPro-style); byol+pixel: both")
+    g.add_argument("--dense_weight", type=float, default=1.0, help="weight of the pixel term in byol+pixel")
+    g.add_argument("--dense_grid", type=at_least(2), default=8,
+                   help="side of the grid the pixel objective resizes layers 1-4 to")
+    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
+                   help="area range of the random resized crops (BYOL: 0.08 1)")
+    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view")
     g = parser.add_argument_group("Optimisation")
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
-                   help="sgd (the paper); adam learns faster in short CPU runs")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "lars", "adam"],
+                   help="sgd (the paper); lars (BYOL's large-batch recipe: --lr 0.2 --weight_decay 1.5e-6); "
+                        "adam learns faster in short CPU runs")
     g.add_argument("--lr", type=float, default=3e-2,
-                   help="SGD: learning rate for a batch of 256, scaled linearly with --batch_size; adam: used as is")
+                   help="sgd, lars: learning rate for a batch of 256, scaled linearly with --batch_size; "
+                        "adam: used as is")
     g.add_argument("--weight_decay", type=float, default=1e-4,
                    help="1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -67,6 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
+    g.add_argument("--report_to", default="none", choices=TRACKERS,
+                   help="also log to this Accelerate tracker (optional package; metrics.jsonl is always written)")
     g.add_argument("--checkpoint_every", type=at_least(1), default=500, help="steps between checkpoints")
     g.add_argument("--checkpoints_total_limit", type=at_least(1), default=2, help="checkpoints kept")
     g.add_argument("--exit_after_steps", type=at_least(1), default=None,
@@ -81,19 +100,55 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 class BYOL(nn.Module):
-    """Online network (encoder, projector, predictor) and the symmetrised loss against a target."""
+    """Online network and the symmetrised loss against its EMA target (a copy without predictors).
+    Each objective has a projector and a predictor: image-level on the pooled layer 4 (BYOL),
+    pixel-level on layers 1-4 resized to a grid (1x1 convs, PixPro-style)."""
 
-    def __init__(self, encoder: ResNetEncoder, hidden: int, dim: int):
+    def __init__(self, encoder: ResNetEncoder, hidden: int, dim: int, objective: str = "byol",
+                 grid: int = 8, dense_weight: float = 1.0):
         super().__init__()
-        self.encoder = encoder
-        self.projector = MLPHead(encoder.width, hidden, dim)
-        self.predictor = MLPHead(dim, hidden, dim)
+        self.encoder, self.grid, self.dense_weight = encoder, grid, dense_weight
+        self.image, self.pixel = "byol" in objective.split("+"), "pixel" in objective.split("+")
+        if self.image:
+            self.projector = MLPHead(encoder.width, hidden, dim)
+            self.predictor = MLPHead(dim, hidden, dim)
+        if self.pixel:
+            self.dense_projector = ConvHead(encoder.hypercolumn_dim, hidden, dim)
+            self.dense_predictor = ConvHead(dim, hidden, dim)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor, target: nn.Module) -> torch.Tensor:
-        p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in (v1, v2))
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Projections: image-level [B, dim] and dense [B, dim, grid, grid] (None where unused)."""
+        maps = self.encoder.layers(x)
+        z = self.projector(rearrange(F.adaptive_avg_pool2d(maps[-1], 1), "b c 1 1 -> b c")) if self.image else None
+        d = self.dense_projector(dense_grid(maps, self.grid)) if self.pixel else None
+        return z, d
+
+    def make_target(self) -> "BYOL":
+        target = copy.deepcopy(self)
+        for name in ("predictor", "dense_predictor"):
+            if hasattr(target, name):
+                delattr(target, name)
+        return target.requires_grad_(False)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, target: "BYOL", corr=None) -> torch.Tensor:
+        """corr: (positions, valid) of view 1's cells in view 2 and of view 2's in view 1 (pixel only)."""
+        (z1, d1), (z2, d2) = self.embed(v1), self.embed(v2)
         with torch.no_grad():
-            z1, z2 = target(v1), target(v2)
-        return byol_loss(p1, z2) + byol_loss(p2, z1)
+            (t1, e1), (t2, e2) = target.embed(v1), target.embed(v2)
+        loss = v1.new_zeros(())
+        if self.image:
+            loss = loss + byol_loss(self.predictor(z1), t2) + byol_loss(self.predictor(z2), t1)
+        if self.pixel:
+            (pos12, in12), (pos21, in21) = corr
+            loss = loss + self.dense_weight * (pixel_loss(self.dense_predictor(d1), e2, pos12, in12)
+                                               + pixel_loss(self.dense_predictor(d2), e1, pos21, in21))
+        return loss
+
+
+def ema_pairs(model: BYOL, target: BYOL) -> tuple[list, list]:
+    """(target, online) parameters the EMA ties together: everything but the predictors."""
+    online = [p for n, p in model.named_parameters() if "predictor" not in n]
+    return list(target.parameters()), online
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
@@ -105,26 +160,36 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     return perm[k * batch:(k + 1) * batch]
 
 
-def make_views(images: torch.Tensor, step: int, seed: int, size: int, rank: int, world: int,
-               memory_format=torch.channels_last):
-    """Both views of this process's share of the global batch, drawn from (seed, step)."""
+def view_configs(args) -> tuple[ViewConfig, ViewConfig]:
+    return tuple(dataclasses.replace(v, size=args.crop_size, scale=tuple(args.crop_scale), flip=args.flip)
+                 for v in (VIEW1, VIEW2))
+
+
+def make_views(images: torch.Tensor, step: int, seed: int, configs: tuple[ViewConfig, ViewConfig], rank: int,
+               world: int, memory_format=torch.channels_last):
+    """Both views of this process's share of the global batch, drawn from (seed, step), and their
+    parameters (crops, flips: what the pixel objective's correspondence needs)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
     n = len(images) * world
     lo, hi = rank * len(images), (rank + 1) * len(images)
-    p1, p2 = ({k: v[lo:hi] for k, v in view_params(n, cfg, g).items()} for cfg in (VIEW1, VIEW2))
-    return (byol_views(images, p, size).contiguous(memory_format=memory_format) for p in (p1, p2))
+    p1, p2 = ({k: v[lo:hi] for k, v in view_params(n, cfg, g).items()} for cfg in configs)
+    v1, v2 = (byol_views(images, p, cfg.size).contiguous(memory_format=memory_format)
+              for p, cfg in zip((p1, p2), configs))
+    return v1, v2, p1, p2
 
 
 def build(args, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     encoder = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
-    model = BYOL(encoder, args.proj_hidden, args.proj_dim)
+    model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    target = nn.Sequential(copy.deepcopy(model.encoder), copy.deepcopy(model.projector)).requires_grad_(False)
+    target = model.make_target()
+    lr = args.lr * args.batch_size / 256
     if args.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr * args.batch_size / 256, momentum=args.momentum,
-                              weight_decay=args.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    elif args.optimizer == "lars":
+        opt = LARS(lars_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     total = args.max_steps or args.epochs * steps_per_epoch
@@ -135,19 +200,19 @@ def build(args, steps_per_epoch: int):
 
 def train_step(accelerator, model, target, opt, sched, images, args, step, total):
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
-    v1, v2 = make_views(images, step, args.seed, args.crop_size, accelerator.process_index,
-                        accelerator.num_processes, fmt)
+    v1, v2, p1, p2 = make_views(images, step, args.seed, view_configs(args), accelerator.process_index,
+                                accelerator.num_processes, fmt)
+    corr = None
+    if "pixel" in args.objective:
+        corr = (view_correspondence(p1, p2, args.dense_grid), view_correspondence(p2, p1, args.dense_grid))
     with accelerator.accumulate(model):
-        loss = model(v1, v2, target)
+        loss = model(v1, v2, target, corr)
         accelerator.backward(loss)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
     if accelerator.sync_gradients:
-        online = accelerator.unwrap_model(model)
-        ema_update(list(target.parameters()),
-                   list(online.encoder.parameters()) + list(online.projector.parameters()),
-                   ema_momentum(step, total, args.ema))
+        ema_update(*ema_pairs(accelerator.unwrap_model(model), target), ema_momentum(step, total, args.ema))
     return loss.detach()
 
 
@@ -170,7 +235,13 @@ def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
                      **photo_probe(hyper, args.crop_size, pairs=max(args.probe_pairs // 2, 1), seed=args.seed)}
         net.train(was)
     baseline.update({k: v for k, v in out.items() if k == "random"})
-    return {**out, "random": baseline["random"]}
+    out = {**out, "random": baseline["random"]}
+    t, r = out["trained"], out["random"]
+    logger.info("probe (trained / random / points left in place): same identity %.1f / %.1f / %.1f %% IOD, "
+                "different identity %.1f / %.1f / %.1f %% IOD, astronaut photo %.2f / %.2f / %.2f px",
+                t["same_iod"], r["same_iod"], t["same_floor_iod"], t["diff_iod"], r["diff_iod"],
+                t["diff_floor_iod"], t["photo_px"], r["photo_px"], t["photo_floor_px"])
+    return out
 
 
 def push(folder: Path, repo_id: str) -> None:
@@ -203,7 +274,7 @@ def main(args) -> dict:
     out = Path(args.output_dir)
     if args.push_to_hub and not args.hub_model_id:
         raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-byol)")
-    accelerator = make_accelerator(args.mixed_precision, args.grad_accum)
+    accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -227,10 +298,10 @@ def main(args) -> dict:
         accelerator.load_state(str(checkpoint_dirs(out)[-1]))
     elif accelerator.is_main_process:
         save_args(args, out)
-    log = JsonLog(out / "metrics.jsonl", accelerator.is_main_process)
     local = args.batch_size // accelerator.num_processes
     stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
     t0, seen, baseline = time.perf_counter(), 0, {}
+    report = Reporter(accelerator, out, "lead-byol", vars(args), total, counter.step)
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     while counter.step < stop:
         idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
@@ -239,28 +310,29 @@ def main(args) -> dict:
         loss = train_step(accelerator, model, target, opt, sched, images, args, counter.step, total)
         counter.step += 1
         seen += args.batch_size
+        report.advance()
         if counter.step % args.log_every == 0 or counter.step == stop:
             loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
-            rate = seen / (time.perf_counter() - t0)
-            log.write({"step": counter.step, "loss": loss, "lr": sched.get_last_lr()[0], "pairs_per_s": rate,
-                       "world_size": accelerator.num_processes})
-            logger.info("step %d/%d  loss %.4f  lr %.2e  %.1f pairs/s", counter.step, total, loss,
-                        sched.get_last_lr()[0], rate)
+            report.log(counter.step, {"loss": loss, "lr": sched.get_last_lr()[0],
+                                      "pairs_per_s": seen / (time.perf_counter() - t0),
+                                      "world_size": accelerator.num_processes})
         if every and counter.step % every == 0 and counter.step < total:
-            log.write({"step": counter.step,
-                       "probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)})
+            report.log(counter.step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder,
+                                                     baseline)})
             accelerator.wait_for_everyone()
         if counter.step % args.checkpoint_every == 0 or counter.step == stop:
             save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
     if counter.step < total:
+        report.close()
         logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
         return {"step": counter.step}
     encoder = accelerator.unwrap_model(model).encoder
     result = probe(args, accelerator, encoder, baseline)
+    report.log(counter.step, {"probe": result})
+    report.close()
     if accelerator.is_main_process:
         encoder.save_pretrained(out / "final")
         (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))
-        log.write({"step": counter.step, "probe": result})
         if args.push_to_hub:
             push(out / "final", args.hub_model_id)
     accelerator.wait_for_everyone()

@@ -218,3 +218,22 @@ def byol_views(images: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> t
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = blur(colour(x, p), p)
     return torch.where(_bcast(p["solarize"], x) > 0, torch.where(x < 0.5, x, 1 - x), x)
+
+
+def cell_centres(grid: int, device=None) -> torch.Tensor:
+    """Centres of a grid x grid lattice of cells in normalised coordinates (align_corners=False):
+    [grid * grid, 2] as (x, y), row-major like a flattened feature map."""
+    c = (2 * torch.arange(grid, dtype=torch.float32, device=device) + 1) / grid - 1
+    return torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+
+
+def view_correspondence(p_from: dict, p_to: dict, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each cell centre of view `from` (a grid x grid map) lies in view `to` of the same image,
+    in `to`'s normalised coordinates (for grid_sample), through the source image: view -> source is
+    crop_theta's affine map (flips included), so source -> view is its inverse. Returns positions
+    [N, grid * grid, 2] and whether each lies inside view `to` [N, grid * grid]."""
+    ta, tb = crop_theta(p_from), crop_theta(p_to)                         # [N, 2, 3], diagonal linear part
+    u = cell_centres(grid)[None]                                          # [1, G, 2]
+    src = u * torch.stack([ta[:, 0, 0], ta[:, 1, 1]], -1)[:, None] + ta[:, None, :, 2]
+    pos = (src - tb[:, None, :, 2]) / torch.stack([tb[:, 0, 0], tb[:, 1, 1]], -1)[:, None]
+    return pos, (pos.abs() <= 1).all(-1)

@@ -71,6 +71,31 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
         return torch.cat(ups, 1)
 
 
+def dense_grid(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
+    """Layer maps resized to grid x grid (area-pooled down, bilinear up), each L2-normalised over its
+    channels, concatenated: [B, sum C, grid, grid]; the dense features of pixel-level objectives."""
+    out = []
+    for m in maps:
+        if m.shape[-1] >= grid:
+            m = F.adaptive_avg_pool2d(m, grid)
+        else:
+            m = F.interpolate(m, size=(grid, grid), mode="bilinear", align_corners=False)
+        out.append(F.normalize(m, dim=1))
+    return torch.cat(out, 1)
+
+
+class ConvHead(nn.Module):
+    """MLPHead applied at every position of a map: 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv (PixPro)."""
+
+    def __init__(self, dim_in: int, hidden: int = 4096, dim_out: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(dim_in, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, dim_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class MLPHead(nn.Module):
     """BYOL's projector / predictor: Linear -> BatchNorm -> ReLU -> Linear."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -13,16 +14,25 @@ import torch
 from .data.images import DataError
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int):
-    """The Accelerator. Under torchrun on a machine without CUDA, Accelerate only forms a process
-    group (gloo, MULTI_CPU) when told it runs on the CPU, so say so there."""
-    from accelerate import Accelerator
+TRACKERS = ("none", "tensorboard", "wandb")
 
+
+def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "none", project_dir=None):
+    """The Accelerator, with Accelerate's experiment tracker `report_to` (an optional package).
+    Under torchrun on a machine without CUDA, Accelerate only forms a process group (gloo,
+    MULTI_CPU) when told it runs on the CPU, so say so there."""
+    from accelerate import Accelerator
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"none": True, "tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    if not available[report_to]:
+        raise DataError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}")
     cpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
     # step_scheduler_with_optimizer=False: our schedules count global steps; Accelerate would otherwise
     # step them once per process
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       step_scheduler_with_optimizer=False)
+                       step_scheduler_with_optimizer=False, project_dir=project_dir,
+                       log_with=None if report_to == "none" else report_to)
 
 
 def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
@@ -92,6 +102,92 @@ def save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
         for old in checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), BYOL's optimiser:
+    a group with `adapt` scales each tensor's step d = g + wd * w by trust * |w| / |d|. Build the
+    groups with `lars_groups`: biases and BatchNorm parameters get neither the scaling nor weight
+    decay, as in BYOL and DINO."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, trust: float = 1e-3):
+        super().__init__(params, dict(lr=lr, momentum=momentum, trust=trust, weight_decay=0.0, adapt=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"])
+                if group["adapt"]:
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    ok = (w_norm > 0) & (d_norm > 0)
+                    d = d.mul(torch.where(ok, group["trust"] * w_norm / d_norm, torch.ones_like(w_norm)))
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def lars_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weights (2-d and up): adapted and decayed; biases and norm parameters (1-d): neither."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "adapt": True},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "adapt": False}]
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):
+            out[prefix + k] = v
+    return out
+
+
+class Reporter:
+    """What a training loop reports, on the main process: metrics.jsonl (always), Accelerate's
+    trackers (--report_to), and a rich progress bar with loss, lr, pairs/s and ETA; where the
+    console is not a terminal (a batch job's log file) each record is also a log line."""
+
+    def __init__(self, accelerator, out: Path, project: str, config: dict, total: int, start: int):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.accelerator, self.main = accelerator, accelerator.is_main_process
+        self.json = JsonLog(out / "metrics.jsonl", self.main)
+        self.lines = not Console().is_terminal
+        accelerator.init_trackers(project, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                   for k, v in config.items()})
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), disable=not self.main or self.lines)
+        self.task = self.bar.add_task(project, total=total, completed=start, stats="")
+        self.bar.start()
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+    def log(self, step: int, record: dict) -> None:
+        self.json.write({"step": step, **record})
+        self.accelerator.log(_flat(record), step=step)
+        stats = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "lr", "pairs_per_s") if k in record)
+        if stats:
+            self.bar.update(self.task, stats=stats.replace("pairs_per_s", "pairs/s"))
+        if self.lines and self.main and stats:
+            logging.getLogger("lead").info("step %d  %s", step, stats)
+
+    def close(self) -> None:
+        """Stop the bar and finish the trackers (not accelerator.end_training(): that also tears down
+        the process group, which the caller may still need)."""
+        self.bar.stop()
+        if self.main:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 class JsonLog:

@@ -33,11 +33,14 @@ def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "args.json").read_text())["arch"] == "resnet18"
 
 
-def test_resume_continues_exactly(cache_dir, tmp_path):
-    run(tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0")
-    assert run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--exit_after_steps", "2")["step"] == 2
+@pytest.mark.parametrize("optimizer", ["adam", "lars"])
+def test_resume_continues_exactly(cache_dir, tmp_path, optimizer):
+    opt = ["--optimizer", optimizer, "--lr", "1e-3" if optimizer == "adam" else "0.2"]
+    run(tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0", *opt)
+    assert run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--exit_after_steps", "2",
+               *opt)["step"] == 2
     assert not (tmp_path / "split" / "final").exists()
-    run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--resume")
+    run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--resume", *opt)
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "split" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
