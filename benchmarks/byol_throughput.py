@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--no_channels_last", action="store_true")
+    parser.add_argument("--objective", default="byol", choices=byol_pretrain.OBJECTIVES)
+    parser.add_argument("--proj_hidden", type=int, default=4096)
     b = parser.parse_args()
     args = byol_pretrain.get_args_parser().parse_args(
         ["--arch", b.arch, "--crop_size", str(b.size), "--batch_size", str(b.batch), "--max_steps", "1000",
-         "--mixed_precision", b.mixed_precision] + (["--no_channels_last"] if b.no_channels_last else []))
+         "--mixed_precision", b.mixed_precision, "--objective", b.objective, "--proj_hidden", str(b.proj_hidden)]
+        + (["--no_channels_last"] if b.no_channels_last else []))
     accelerator = make_accelerator(b.mixed_precision, 1)
     model, target, opt, sched, total = byol_pretrain.build(args, steps_per_epoch=100)
     model, opt, sched = accelerator.prepare(model, opt, sched)
