@@ -12,34 +12,32 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from einops import rearrange
 
-from common.augment import VIEW1, VIEW2, ViewConfig, byol_views, view_correspondence, view_params
+from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.losses import byol_loss, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
-from common.probe import matching_probe, photo_probe
-from common.training import (LARS, TRACKERS, Counter, Reporter, checkpoint_dirs, ema_momentum, ema_update,
-                             lars_groups, make_accelerator, prepare_output, save_args, save_checkpoint,
-                             warmup_cosine)
+from common.probe import probe_all, probe_line
+from common.training import (LARS, Counter, Reporter, batch_indices, checkpoint_dirs, ema_momentum, ema_update,
+                             lars_groups, make_accelerator, prepare_output, push_to_hub, run_args, save_args,
+                             save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args()])
+    parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args(), run_args("runs/byol")])
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone; resnet18 for CPU-sized runs")
     g.add_argument("--no_normalize_layers", action="store_true", help="hypercolumn without per-layer L2 norm")
@@ -66,7 +64,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
-    g.add_argument("--grad_accum", type=at_least(1), default=1, help="gradient accumulation steps")
     g.add_argument("--epochs", type=at_least(1), default=200)
     g.add_argument("--max_steps", type=at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
     g.add_argument("--warmup_epochs", type=float, default=2.0)
@@ -77,25 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn_eval", action="store_true",
                    help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
                         "runs with different numbers of processes exactly)")
-    g = parser.add_argument_group("Run")
-    g.add_argument("--output_dir", default="runs/byol")
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
-    g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
-    g.add_argument("--report_to", default="none", choices=TRACKERS,
-                   help="also log to this Accelerate tracker (optional package; metrics.jsonl is always written)")
-    g.add_argument("--checkpoint_every", type=at_least(1), default=500, help="steps between checkpoints")
-    g.add_argument("--checkpoints_total_limit", type=at_least(1), default=2, help="checkpoints kept")
-    g.add_argument("--exit_after_steps", type=at_least(1), default=None,
-                   help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
-                        "continue with --resume")
-    g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
     g.add_argument("--eval_every", type=float, default=None,
                    help="also run the probe every this many epochs (it always runs at the end)")
-    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub at the end")
-    g.add_argument("--hub_model_id", default=None, help="the Hub repository for --push_to_hub, e.g. user/lead-byol")
     return parser
 
 
@@ -151,33 +131,6 @@ def ema_pairs(model: BYOL, target: BYOL) -> tuple[list, list]:
     return list(target.parameters()), online
 
 
-def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
-    """The global batch of a step: epoch e is a permutation drawn from (seed, e); the last partial
-    batch of an epoch is dropped. Depends only on the step, so a resumed run continues exactly."""
-    per_epoch = n // batch
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).numpy()
-    return perm[k * batch:(k + 1) * batch]
-
-
-def view_configs(args) -> tuple[ViewConfig, ViewConfig]:
-    return tuple(dataclasses.replace(v, size=args.crop_size, scale=tuple(args.crop_scale), flip=args.flip)
-                 for v in (VIEW1, VIEW2))
-
-
-def make_views(images: torch.Tensor, step: int, seed: int, configs: tuple[ViewConfig, ViewConfig], rank: int,
-               world: int, memory_format=torch.channels_last):
-    """Both views of this process's share of the global batch, drawn from (seed, step), and their
-    parameters (crops, flips: what the pixel objective's correspondence needs)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
-    n = len(images) * world
-    lo, hi = rank * len(images), (rank + 1) * len(images)
-    p1, p2 = ({k: v[lo:hi] for k, v in view_params(n, cfg, g).items()} for cfg in configs)
-    v1, v2 = (byol_views(images, p, cfg.size).contiguous(memory_format=memory_format)
-              for p, cfg in zip((p1, p2), configs))
-    return v1, v2, p1, p2
-
-
 def build(args, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     encoder = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
@@ -200,8 +153,8 @@ def build(args, steps_per_epoch: int):
 
 def train_step(accelerator, model, target, opt, sched, images, args, step, total):
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
-    v1, v2, p1, p2 = make_views(images, step, args.seed, view_configs(args), accelerator.process_index,
-                                accelerator.num_processes, fmt)
+    v1, v2, p1, p2 = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
+                                accelerator.process_index, accelerator.num_processes, fmt)
     corr = None
     if "pixel" in args.objective:
         corr = (view_correspondence(p1, p2, args.dense_grid), view_correspondence(p2, p1, args.dense_grid))
@@ -221,36 +174,21 @@ def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
     once into `baseline`, since it does not change during training)."""
     if not args.probe_pairs or not accelerator.is_main_process:
         return {}
-    cache = load_tensors(args, "val")
-    nets = [("trained", encoder)]
+    nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
-        nets.append(("random", ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)))
-    out = {}
-    for name, net in nets:
-        was = net.training
+        nets["random"] = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+    was = encoder.training
+    for net in nets.values():
         net.eval().to(accelerator.device)
-        hyper = lambda x: net.hypercolumn(x.to(accelerator.device)).float().cpu()  # noqa: E731
-        out[name] = {**matching_probe(hyper, cache, args.crop_size, pairs=args.probe_pairs, seed=args.seed),
-                     **photo_probe(hyper, args.crop_size, pairs=max(args.probe_pairs // 2, 1), seed=args.seed)}
-        net.train(was)
+    out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
+                     for name, net in nets.items()}, load_tensors(args, "val"), args.crop_size, args.probe_pairs,
+                    args.seed)
+    encoder.train(was)
     baseline.update({k: v for k, v in out.items() if k == "random"})
     out = {**out, "random": baseline["random"]}
-    t, r = out["trained"], out["random"]
-    logger.info("probe (trained / random / points left in place): same identity %.1f / %.1f / %.1f %% IOD, "
-                "different identity %.1f / %.1f / %.1f %% IOD, astronaut photo %.2f / %.2f / %.2f px",
-                t["same_iod"], r["same_iod"], t["same_floor_iod"], t["diff_iod"], r["diff_iod"],
-                t["diff_floor_iod"], t["photo_px"], r["photo_px"], t["photo_floor_px"])
+    logger.info(probe_line(out))
     return out
-
-
-def push(folder: Path, repo_id: str) -> None:
-    """Upload final/ (weights, config, model card) to the Hub."""
-    import huggingface_hub
-
-    huggingface_hub.create_repo(repo_id, exist_ok=True)
-    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="LEAD stage 1 (BYOL)")
-    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
 
 
 def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
@@ -315,6 +253,7 @@ def main(args) -> dict:
             loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
             report.log(counter.step, {"loss": loss, "lr": sched.get_last_lr()[0],
                                       "pairs_per_s": seen / (time.perf_counter() - t0),
+                                      "elapsed_s": time.perf_counter() - t0,
                                       "world_size": accelerator.num_processes})
         if every and counter.step % every == 0 and counter.step < total:
             report.log(counter.step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder,
@@ -328,13 +267,14 @@ def main(args) -> dict:
         return {"step": counter.step}
     encoder = accelerator.unwrap_model(model).encoder
     result = probe(args, accelerator, encoder, baseline)
-    report.log(counter.step, {"probe": result})
+    if result:
+        report.log(counter.step, {"probe": result})
     report.close()
     if accelerator.is_main_process:
         encoder.save_pretrained(out / "final")
         (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))
         if args.push_to_hub:
-            push(out / "final", args.hub_model_id)
+            push_to_hub(out / "final", args.hub_model_id, "LEAD stage 1 (BYOL)")
     accelerator.wait_for_everyone()
     return {"step": counter.step, "probe": result}
 

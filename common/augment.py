@@ -11,6 +11,7 @@ Coordinates are pixel centres, as everywhere in the project (common/data/images.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -237,3 +238,22 @@ def view_correspondence(p_from: dict, p_to: dict, grid: int) -> tuple[torch.Tens
     src = u * torch.stack([ta[:, 0, 0], ta[:, 1, 1]], -1)[:, None] + ta[:, None, :, 2]
     pos = (src - tb[:, None, :, 2]) / torch.stack([tb[:, 0, 0], tb[:, 1, 1]], -1)[:, None]
     return pos, (pos.abs() <= 1).all(-1)
+
+
+def view_configs(size: int, scale=(0.08, 1.0), flip: float = 0.5) -> tuple[ViewConfig, ViewConfig]:
+    """BYOL's two view pipelines at `size` px, with the crop-area range and flip probability given."""
+    return tuple(dataclasses.replace(v, size=size, scale=tuple(scale), flip=flip) for v in (VIEW1, VIEW2))
+
+
+def make_views(images: torch.Tensor, step: int, seed: int, configs: tuple[ViewConfig, ViewConfig], rank: int = 0,
+               world: int = 1, memory_format=torch.channels_last):
+    """Both views of this process's share [n, 3, S, S] (uint8) of the global batch, drawn from
+    (seed, step), and their parameters (crops and flips: what a correspondence needs). The choices
+    are drawn for the global batch, so one or several processes see the same views."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+    n = len(images) * world
+    lo, hi = rank * len(images), (rank + 1) * len(images)
+    p1, p2 = ({k: v[lo:hi] for k, v in view_params(n, cfg, g).items()} for cfg in configs)
+    v1, v2 = (byol_views(images, p, cfg.size).contiguous(memory_format=memory_format)
+              for p, cfg in zip((p1, p2), configs))
+    return v1, v2, p1, p2

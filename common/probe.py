@@ -72,3 +72,22 @@ def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str,
     err = matching_errors(extract, images, warped, points, truth)
     return {"photo_px": err.mean().item(), "photo_px_median": err.median().item(),
             "photo_floor_px": (points - truth).norm(dim=-1).mean().item()}
+
+
+def probe_all(extractors: dict, cache, size: int, pairs: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """matching_probe and photo_probe for each named extractor (images in [0, 1] -> feature maps)."""
+    return {name: {**matching_probe(f, cache, size, pairs=pairs, seed=seed),
+                   **photo_probe(f, size, pairs=max(pairs // 2, 1), seed=seed)} for name, f in extractors.items()}
+
+
+def probe_line(results: dict[str, dict[str, float]]) -> str:
+    """One log line: each extractor's mean errors, then the floor of leaving points in place."""
+    first = next(iter(results.values()))
+
+    def col(key: str, floor: str, fmt: str) -> str:
+        return " / ".join(fmt % r[key] for r in results.values()) + " / " + fmt % first[floor]
+
+    return (f"probe ({' / '.join(results)} / points left in place): "
+            f"same identity {col('same_iod', 'same_floor_iod', '%.1f')} % IOD, "
+            f"different identity {col('diff_iod', 'diff_floor_iod', '%.1f')} % IOD, "
+            f"astronaut photo {col('photo_px', 'photo_floor_px', '%.2f')} px")

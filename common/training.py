@@ -1,6 +1,7 @@
 """The training loop's shared parts: the output folder contract, schedules, EMA, checkpoints, logs."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -9,12 +10,57 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data.images import DataError
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
+
+
+def run_args(output_dir: str) -> argparse.ArgumentParser:
+    """The flags every training stage shares: output folder, resume, precision, logging, checkpoints, Hub."""
+    from .data import at_least
+
+    parser = argparse.ArgumentParser(add_help=False)
+    g = parser.add_argument_group("Run")
+    g.add_argument("--output_dir", default=output_dir)
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
+    g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    g.add_argument("--grad_accum", type=at_least(1), default=1, help="gradient accumulation steps")
+    g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
+    g.add_argument("--report_to", default="none", choices=TRACKERS,
+                   help="also log to this Accelerate tracker (optional package; metrics.jsonl is always written)")
+    g.add_argument("--checkpoint_every", type=at_least(1), default=500, help="steps between checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=at_least(1), default=2, help="checkpoints kept")
+    g.add_argument("--exit_after_steps", type=at_least(1), default=None,
+                   help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
+                        "continue with --resume")
+    g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
+    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub at the end")
+    g.add_argument("--hub_model_id", default=None, help="the Hub repository for --push_to_hub, e.g. user/lead")
+    return parser
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """The global batch of a step: epoch e is a permutation drawn from (seed, e); the last partial
+    batch of an epoch is dropped. Depends only on the step, so a resumed run continues exactly."""
+    per_epoch = n // batch
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).numpy()
+    return perm[k * batch:(k + 1) * batch]
+
+
+def push_to_hub(folder: Path, repo_id: str, message: str) -> None:
+    """Upload a final/ folder (weights, config, model card) to the Hub."""
+    import huggingface_hub
+
+    huggingface_hub.create_repo(repo_id, exist_ok=True)
+    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
+    logging.getLogger("lead").info("pushed %s to https://huggingface.co/%s", folder, repo_id)
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "none", project_dir=None):
@@ -153,6 +199,8 @@ class Reporter:
     trackers (--report_to), and a rich progress bar with loss, lr, pairs/s and ETA; where the
     console is not a terminal (a batch job's log file) each record is also a log line."""
 
+    SHOWN = (("loss", "loss"), ("lr", "lr"), ("pairs_per_s", "pairs/s"), ("images_per_s", "images/s"))
+
     def __init__(self, accelerator, out: Path, project: str, config: dict, total: int, start: int):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -175,9 +223,9 @@ class Reporter:
     def log(self, step: int, record: dict) -> None:
         self.json.write({"step": step, **record})
         self.accelerator.log(_flat(record), step=step)
-        stats = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "lr", "pairs_per_s") if k in record)
+        stats = "  ".join(f"{label} {record[k]:.4g}" for k, label in self.SHOWN if k in record)
         if stats:
-            self.bar.update(self.task, stats=stats.replace("pairs_per_s", "pairs/s"))
+            self.bar.update(self.task, stats=stats)
         if self.lines and self.main and stats:
             logging.getLogger("lead").info("step %d  %s", step, stats)
 

@@ -87,8 +87,8 @@ def test_pixel_loss_against_a_shifted_reference():
                 cos = F.cosine_similarity(pred[i, :, r, col], target[i, :, r, col + 1], dim=0)
                 ref.append(2 - 2 * cos)
     torch.testing.assert_close(pixel_loss(pred, target, pos, valid), torch.stack(ref).mean())
-    same = pixel_loss(target, target, cell_centres(s)[None].repeat(b, 1, 1), torch.ones(b, s * s, dtype=torch.bool))
-    opposite = pixel_loss(-target, target, cell_centres(s)[None].repeat(b, 1, 1), torch.ones(b, s * s, dtype=torch.bool))
+    here, every = cell_centres(s)[None].repeat(b, 1, 1), torch.ones(b, s * s, dtype=torch.bool)
+    same, opposite = pixel_loss(target, target, here, every), pixel_loss(-target, target, here, every)
     assert same.abs() < 1e-5 and (opposite - 4).abs() < 1e-5
 
 
