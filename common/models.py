@@ -62,7 +62,10 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
         return rearrange(F.adaptive_avg_pool2d(self.layers(x)[-1], 1), "b c 1 1 -> b c")
 
     def hypercolumn(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.layers(x)
+        return self.hypercolumn_of(self.layers(x))
+
+    def hypercolumn_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The hypercolumn from layer maps already computed (stage 2 shares them with the student)."""
         size = maps[0].shape[-2:]
         ups = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                for m in maps]
@@ -106,3 +109,56 @@ class MLPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class FPNDecoder(nn.Module):
+    """Feature pyramid (Lin et al. 2017) with the semantic branch of Panoptic FPN (Kirillov et al.
+    2019), the 'upsampling blocks' LEAD's decoder uses: lateral 1x1 convs and a top-down sum give
+    P2-P5 (strides 4-32); each goes through conv3x3-GroupNorm-ReLU blocks with 2x bilinear
+    upsampling until stride 4; the four maps are summed and a 1x1 conv gives `dim` channels."""
+
+    def __init__(self, channels: list[int], width: int = 128, dim: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in channels)
+        self.branches = nn.ModuleList(
+            nn.Sequential(*[self._block(width) for _ in range(max(level, 1))]) for level in range(len(channels)))
+        self.head = nn.Conv2d(width, dim, 1)
+
+    @staticmethod
+    def _block(width: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
+                             nn.GroupNorm(min(32, width // 4), width), nn.ReLU(inplace=True))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        lat = [conv(m) for conv, m in zip(self.lateral, maps)]
+        for i in range(len(lat) - 2, -1, -1):                                           # top-down pathway
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        sizes = [p.shape[-2:] for p in lat]
+        out = 0
+        for level, (p, smooth, branch) in enumerate(zip(lat, self.smooth, self.branches)):
+            x = smooth(p)
+            for k, block in enumerate(branch):
+                x = block(x)
+                if level:                        # up one level per block: the sizes need not be powers of 2
+                    x = F.interpolate(x, size=sizes[level - 1 - k], mode="bilinear", align_corners=False)
+            out = out + x
+        return self.head(out)
+
+
+class DenseExtractor(nn.Module, PyTorchModelHubMixin):
+    """LEAD's compact dense extractor Φ_D (stage 2): a ResNet encoder (initialised from stage 1) and
+    an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]."""
+
+    def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
+        super().__init__()
+        self.arch, self.feature_dim = arch, feature_dim
+        self.encoder = ResNetEncoder(arch, mean=mean, std=std)
+        self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim)
+
+    def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(maps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder.layers(x))

@@ -1,0 +1,250 @@
+"""Stage 2: LEAD dense distillation (Sec. 3.3, Eq. 2-3, supplement D).
+
+    accelerate launch dense_distill.py --init_from runs/byol/final --tau 0.05 --output_dir runs/distill
+    python dense_distill.py --init_from runs/cpu_byol/final --crop_size 64 --batch_size 32 --max_steps 200 \\
+        --output_dir runs/cpu_distill                                          # minutes on a 2-core CPU
+
+The teacher is the stage-1 encoder Φ_G (frozen, eval mode) and its hypercolumn H; the student Φ_D
+is that encoder (frozen by default, as in the supplement) plus an FPN decoder giving
+--feature_dim channels at 1/4 of the input, trained through a projection head g_D so that, for
+every position of image i, the softmax over all positions of image j of its cosine similarities
+/ tau matches the teacher's (a cross-entropy). Writes OUTPUT/final/ (Φ_D without the head:
+config.json, model.safetensors, README.md), checkpoints/, args.json and metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate.utils import set_seed
+from einops import rearrange
+
+from common.augment import make_views, view_configs
+from common.cli import run
+from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.losses import auto_chunk, lead_loss
+from common.models import ConvHead, DenseExtractor, ResNetEncoder
+from common.probe import probe_all, probe_line
+from common.training import (Counter, Reporter, batch_indices, checkpoint_dirs, make_accelerator, prepare_output,
+                             push_to_hub, run_args, save_args, save_checkpoint, warmup_cosine)
+
+logger = logging.getLogger("lead")
+PAIRS = ("views", "cross", "both")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("LEAD dense distillation (stage 2)",
+                                     parents=[data_args(), run_args("runs/distill")])
+    g = parser.add_argument_group("Model")
+    g.add_argument("--init_from", required=True, help="a stage-1 final/ folder or Hub id (the teacher Φ_G)")
+    g.add_argument("--feature_dim", type=at_least(1), default=64, help="channels of the dense features (64, 128, 256)")
+    g.add_argument("--fpn_width", type=at_least(8), default=128, help="channels inside the FPN decoder")
+    g.add_argument("--head_dim", type=int, default=256, help="projection head output width (0: no head, Table 3)")
+    g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
+    g = parser.add_argument_group("Loss")
+    g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2")
+    g.add_argument("--pairs", default="views", choices=PAIRS,
+                   help="views: two augmented views of each image; cross: each image with another of the batch; both")
+    g.add_argument("--chunk", default="auto",
+                   help="query positions per chunk of the loss (bounds memory, backward included): auto, none or N")
+    g = parser.add_argument_group("Optimisation")
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for a batch of 256, scaled linearly")
+    g.add_argument("--weight_decay", type=float, default=1e-4)
+    g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
+    g.add_argument("--epochs", type=at_least(1), default=20)
+    g.add_argument("--max_steps", type=at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--warmup_epochs", type=float, default=2.0)
+    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
+    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
+    g.add_argument("--flip", type=float, default=0.5)
+    return parser
+
+
+def load_teacher(source: str) -> ResNetEncoder:
+    """Φ_G from a stage-1 final/ (or Hub id); anything else is a one-line error."""
+    config = Path(source) / "config.json"
+    if Path(source).exists():
+        if not config.is_file() or not (Path(source) / "model.safetensors").is_file():
+            raise DataError(f"--init_from {source}: not a stage-1 model (needs config.json and model.safetensors)")
+        keys = set(json.loads(config.read_text()))
+        if "feature_dim" in keys or "arch" not in keys:
+            raise DataError(f"--init_from {source}: not a stage-1 model (config.json has {sorted(keys)})")
+    try:
+        return ResNetEncoder.from_pretrained(source)
+    except Exception as e:   # a Hub id that cannot be fetched, a corrupt file
+        raise DataError(f"--init_from {source}: cannot load a stage-1 model ({type(e).__name__}: {e})") from None
+
+
+class Distiller(nn.Module):
+    """The student Φ_D and its projection head g_D, trained against the frozen teacher's hypercolumn."""
+
+    def __init__(self, student: DenseExtractor, head_dim: int, freeze_encoder: bool):
+        super().__init__()
+        self.student, self.freeze_encoder = student, freeze_encoder
+        self.head = ConvHead(student.feature_dim, head_dim, head_dim) if head_dim else nn.Identity()
+        if freeze_encoder:
+            student.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.student.encoder.eval()        # frozen: BatchNorm on its running statistics, as the teacher
+        return self
+
+    def forward(self, x: torch.Tensor, teacher: ResNetEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, S, S] -> student projections f [B, N, C] and teacher hypercolumns h [B, N, C~]."""
+        with torch.no_grad():
+            maps = teacher.layers(x)
+            h = teacher.hypercolumn_of(maps)
+        if not self.freeze_encoder:
+            maps = self.student.encoder.layers(x)
+        # a frozen student encoder is the teacher's: its layer maps are the ones just computed
+        f = self.head(self.student.decoder(maps))
+        return rearrange(f, "b c h w -> b (h w) c"), rearrange(h, "b c h w -> b (h w) c")
+
+
+def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -> torch.Tensor:
+    """f, h of the batch's two views stacked [2B, N, C]: view 1 of image b is row b, view 2 row B + b."""
+    f1, f2 = f.chunk(2)
+    h1, h2 = h.chunk(2)
+    views = cross = 0.0
+    if pairs in ("views", "both"):             # the same image under two augmentations, both directions
+        views = (lead_loss(f1, f2, h1, h2, tau, chunk) + lead_loss(f2, f1, h2, h1, tau, chunk)) / 2
+    if pairs in ("cross", "both"):             # view 1 of image b with view 2 of image b + 1
+        f2r, h2r = f2.roll(1, 0), h2.roll(1, 0)
+        cross = (lead_loss(f1, f2r, h1, h2r, tau, chunk) + lead_loss(f2r, f1, h2r, h1, tau, chunk)) / 2
+    return views + cross if pairs != "both" else (views + cross) / 2
+
+
+def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
+    torch.manual_seed(args.seed)
+    student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width)
+    student.encoder.load_state_dict(teacher.state_dict())
+    model = Distiller(student, args.head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay)
+    total = args.max_steps or args.epochs * steps_per_epoch
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+    return model, opt, sched, total
+
+
+def train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk):
+    v1, v2, _, _ = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
+                              accelerator.process_index, accelerator.num_processes)
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            f, h = model(torch.cat([v1, v2]), teacher)
+        loss = pair_loss(f, h, args.pairs, args.tau, chunk)       # softmax and cross-entropy in fp32
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> dict:
+    """Matching on the synthetic validation split: the compact features vs. the teacher's hypercolumn."""
+    if not args.probe_pairs or not accelerator.is_main_process:
+        return {}
+    was = student.training
+    student.eval()
+    dev = accelerator.device
+    out = probe_all({f"lead-{args.feature_dim}": lambda x: student(x.to(dev)).float().cpu(),
+                     f"hypercolumn-{teacher.hypercolumn_dim}": lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
+                    load_tensors(args, "val"), args.crop_size, args.probe_pairs, args.seed)
+    student.train(was)
+    logger.info(probe_line(out))
+    return out
+
+
+def model_card(args, probe_result: dict, steps: int, teacher: ResNetEncoder) -> str:
+    lines = [f"# LEAD stage 2: dense features, {args.feature_dim}-d, {teacher.arch}", "",
+             "Compact dense extractor Φ_D distilled from a stage-1 BYOL encoder's hypercolumn with the LEAD loss "
+             "by `dense_distill.py` (the reference implementation of LEAD, WACV 2022).", "",
+             f"- teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
+             f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, views "
+             f"{args.crop_size} px, pairs {args.pairs}, tau {args.tau}, head {args.head_dim}",
+             "- load: `DenseExtractor.from_pretrained(folder)`; `model(images)` gives [B, C, H/4, W/4]", ""]
+    if probe_result:
+        lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {n} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |"
+                  for n, r in probe_result.items()]
+        r = next(iter(probe_result.values()))
+        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
+                     f"{r['photo_floor_px']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> dict:
+    out = Path(args.output_dir)
+    if args.push_to_hub and not args.hub_model_id:
+        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-64)")
+    if args.chunk not in ("auto", "none") and not args.chunk.isdigit():
+        raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
+    teacher = load_teacher(args.init_from)
+    accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
+    prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+    with accelerator.main_process_first():
+        cache = load_tensors(args, "pretrain")
+    if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
+        raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
+                        f"and not exceed the {len(cache)} images")
+    model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    teacher = teacher.to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    counter = Counter()
+    accelerator.register_for_checkpointing(counter)
+    if args.resume:
+        accelerator.load_state(str(checkpoint_dirs(out)[-1]))
+    elif accelerator.is_main_process:
+        save_args(args, out)
+    local = args.batch_size // accelerator.num_processes
+    n = (args.crop_size // 4) ** 2                                       # positions of a stride-4 map
+    chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
+    stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
+    t0, seen = time.perf_counter(), 0
+    report = Reporter(accelerator, out, "lead-distill", vars(args), total, counter.step)
+    while counter.step < stop:
+        idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
+        idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
+        images = cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
+        loss = train_step(accelerator, model, teacher, opt, sched, images, args, counter.step, chunk)
+        counter.step += 1
+        seen += args.batch_size
+        report.advance()
+        if counter.step % args.log_every == 0 or counter.step == stop:
+            loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
+            elapsed = time.perf_counter() - t0
+            report.log(counter.step, {"loss": loss, "lr": sched.get_last_lr()[0], "images_per_s": seen / elapsed,
+                                      "elapsed_s": elapsed, "world_size": accelerator.num_processes})
+        if counter.step % args.checkpoint_every == 0 or counter.step == stop:
+            save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
+    if counter.step < total:
+        report.close()
+        logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
+        return {"step": counter.step}
+    student = accelerator.unwrap_model(model).student
+    result = probe(args, accelerator, student, teacher)
+    if result:
+        report.log(counter.step, {"probe": result})
+    report.close()
+    if accelerator.is_main_process:
+        student.save_pretrained(out / "final")
+        (out / "final" / "README.md").write_text(model_card(args, result, counter.step, teacher))
+        if args.push_to_hub:
+            push_to_hub(out / "final", args.hub_model_id, "LEAD stage 2 (dense distillation)")
+    accelerator.wait_for_everyone()
+    return {"step": counter.step, "probe": result}
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

@@ -1,0 +1,118 @@
+"""Stage 2 on tiny data: the student's shapes, the hand-off folder, the frozen encoder, resume, errors."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dense_distill
+from common.data import DataError
+from common.models import DenseExtractor, ResNetEncoder
+
+TINY = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8", "--lr", "1e-2",
+        "--feature_dim", "16", "--fpn_width", "16", "--head_dim", "32", "--log_every", "1", "--data_workers", "1",
+        "--checkpoint_every", "100", "--warmup_epochs", "0"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A stage-1 final/ folder: what byol_pretrain.py writes (here untrained, to keep the test fast)."""
+    folder = tmp_path_factory.mktemp("byol") / "final"
+    torch.manual_seed(0)
+    ResNetEncoder("resnet18").save_pretrained(folder)
+    return folder
+
+
+def run(teacher, out, *extra):
+    args = dense_distill.get_args_parser().parse_args(TINY + ["--init_from", str(teacher), "--output_dir", str(out),
+                                                              *extra])
+    return dense_distill.main(args)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_student_gives_feature_dim_channels_at_a_quarter(arch):
+    net = DenseExtractor(arch, feature_dim=64).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 96, 96)).shape == (2, 64, 24, 24)
+        assert net(torch.rand(1, 3, 100, 100)).shape == (1, 64, 25, 25)     # sizes that are not powers of 2
+
+
+def test_writes_the_student_without_head_and_keeps_the_encoder_frozen(cache_dir, tmp_path, teacher):
+    result = run(teacher, tmp_path / "run", "--max_steps", "3", "--probe_pairs", "4")
+    final = tmp_path / "run" / "final"
+    student = DenseExtractor.from_pretrained(final)
+    assert student.feature_dim == 16 and (final / "README.md").read_text().startswith("# LEAD stage 2")
+    weights = load_file(final / "model.safetensors")
+    assert not any(k.startswith("head") for k in weights) and any(k.startswith("decoder") for k in weights)
+    phi_g = load_file(teacher / "model.safetensors")
+    assert all(torch.equal(weights["encoder." + k], v) for k, v in phi_g.items())           # frozen
+    init = DenseExtractor("resnet18", 16, 16)
+    assert not torch.equal(weights["decoder.head.weight"], init.decoder.head.weight)      # the decoder trained
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+    assert set(result["probe"]) == {"lead-16", "hypercolumn-960"}
+
+
+def test_unfreeze_encoder_trains_it(cache_dir, tmp_path, teacher):
+    run(teacher, tmp_path / "run", "--max_steps", "2", "--probe_pairs", "0", "--unfreeze_encoder", "--pairs", "both")
+    weights = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    phi_g = load_file(teacher / "model.safetensors")
+    assert not torch.equal(weights["encoder.layer1.0.conv1.weight"], phi_g["layer1.0.conv1.weight"])
+
+
+def test_resume_continues_exactly(cache_dir, tmp_path, teacher):
+    run(teacher, tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0", "--pairs", "cross")
+    run(teacher, tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--pairs", "cross",
+        "--exit_after_steps", "2")
+    assert not (tmp_path / "split" / "final").exists()
+    run(teacher, tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--pairs", "cross", "--resume")
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chunked_and_full_loss_agree_in_a_run(cache_dir, tmp_path, teacher):
+    # (gradients agree too: tests/test_lead_loss.py; Adam's first step, about lr * sign(g), would
+    # magnify rounding on near-zero gradients, so the weights are not compared here)
+    losses = []
+    for name, chunk in (("full", "none"), ("chunked", "5")):
+        run(teacher, tmp_path / name, "--max_steps", "2", "--probe_pairs", "0", "--chunk", chunk)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses.append([json.loads(x)["loss"] for x in lines if "loss" in x])
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6) and len(losses[0]) == 2
+
+
+def test_pair_modes():
+    g = torch.Generator().manual_seed(0)
+    f, h = torch.randn(6, 10, 4, generator=g), torch.randn(6, 10, 12, generator=g)
+    views, cross = (dense_distill.pair_loss(f, h, p, 0.1, None) for p in ("views", "cross"))
+    torch.testing.assert_close(dense_distill.pair_loss(f, h, "both", 0.1, None), (views + cross) / 2)
+    assert not torch.isclose(views, cross)
+
+
+def test_init_from_must_be_a_stage_1_model(cache_dir, tmp_path, teacher):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a stage-1 model"):
+        run(tmp_path / "empty", tmp_path / "a", "--max_steps", "1")
+    DenseExtractor("resnet18", 16, 16).save_pretrained(tmp_path / "stage2")
+    with pytest.raises(DataError, match="not a stage-1 model"):
+        run(tmp_path / "stage2", tmp_path / "b", "--max_steps", "1")
+    with pytest.raises(DataError, match="--chunk must be auto, none or a number"):
+        run(teacher, tmp_path / "c", "--max_steps", "1", "--chunk", "half")
+
+
+def test_accelerate_launch_runs_the_script(cache_dir, tmp_path, teacher):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+           "--mixed_precision", "no", "dense_distill.py", *TINY, "--max_steps", "2", "--probe_pairs", "0",
+           "--init_from", str(teacher), "--output_dir", str(tmp_path / "run")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert DenseExtractor.from_pretrained(tmp_path / "run" / "final").feature_dim == 16
+    bad = subprocess.run([sys.executable, "dense_distill.py", "--init_from", str(tmp_path), "--output_dir",
+                          str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a stage-1 model" in bad.stderr
