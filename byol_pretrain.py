@@ -41,6 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone; resnet18 for CPU-sized runs")
     g.add_argument("--no_normalize_layers", action="store_true", help="hypercolumn without per-layer L2 norm")
+    g.add_argument("--last_stride", type=int, default=2, choices=[1, 2],
+                   help="stride of layer 4's first block; 1 doubles layer 4's resolution (small inputs) at 4x its cost")
     g.add_argument("--proj_hidden", type=at_least(1), default=4096, help="projector/predictor hidden width")
     g.add_argument("--proj_dim", type=at_least(1), default=256, help="projection width")
     g = parser.add_argument_group("Objective")
@@ -131,9 +133,13 @@ def ema_pairs(model: BYOL, target: BYOL) -> tuple[list, list]:
     return list(target.parameters()), online
 
 
+def new_encoder(args) -> ResNetEncoder:
+    return ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers, last_stride=args.last_stride)
+
+
 def build(args, steps_per_epoch: int):
     torch.manual_seed(args.seed)
-    encoder = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+    encoder = new_encoder(args)
     model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -177,7 +183,7 @@ def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
     nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
-        nets["random"] = ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers)
+        nets["random"] = new_encoder(args)
     was = encoder.training
     for net in nets.values():
         net.eval().to(accelerator.device)

@@ -123,7 +123,7 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
 
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
-    student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width)
+    student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride)
     student.encoder.load_state_dict(teacher.state_dict())
     model = Distiller(student, args.head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -199,6 +199,8 @@ def main(args) -> dict:
         raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
                         f"and not exceed the {len(cache)} images")
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
     model, opt, sched = accelerator.prepare(model, opt, sched)
     teacher = teacher.to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     counter = Counter()

@@ -27,12 +27,18 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
     """
 
     def __init__(self, arch: str = "resnet50", normalize_layers: bool = True,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         net = getattr(torchvision.models, arch)(weights=None)
-        self.arch, self.normalize_layers = arch, normalize_layers
+        if last_stride == 1:       # layer 4 at stride 16: twice its resolution (small inputs), 4x its cost
+            first = net.layer4[0]
+            (first.conv2 if hasattr(first, "bn3") else first.conv1).stride = (1, 1)
+            first.downsample[0].stride = (1, 1)
+        self.arch, self.normalize_layers, self.last_stride = arch, normalize_layers, last_stride
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.width = net.fc.in_features
@@ -151,10 +157,10 @@ class DenseExtractor(nn.Module, PyTorchModelHubMixin):
     an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]."""
 
     def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2):
         super().__init__()
         self.arch, self.feature_dim = arch, feature_dim
-        self.encoder = ResNetEncoder(arch, mean=mean, std=std)
+        self.encoder = ResNetEncoder(arch, mean=mean, std=std, last_stride=last_stride)
         self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim)
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:

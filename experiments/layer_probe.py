@@ -42,7 +42,7 @@ def main() -> None:
     cache = load_tensors(args, "val")
     trained = ResNetEncoder.from_pretrained(args.model).eval()
     torch.manual_seed(0)
-    random = ResNetEncoder(trained.arch).eval()
+    random = ResNetEncoder(trained.arch, last_stride=trained.last_stride).eval()
     print("| layers | network | same % IOD | different % IOD (>1 IOD) | astronaut px |")
     print("| --- | --- | --- | --- | --- |")
     for keep in SUBSETS:

@@ -56,6 +56,20 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
         assert torch.equal(net.hypercolumn(x), again.hypercolumn(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_last_stride_1_doubles_layer_4_only(arch):
+    torch.manual_seed(0)
+    net = ResNetEncoder(arch, last_stride=1).eval()
+    with torch.no_grad():
+        maps = net.layers(torch.rand(1, 3, 64, 64))
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4]
+    assert net.hypercolumn(torch.rand(1, 3, 64, 64)).shape == (1, net.hypercolumn_dim, 16, 16)
+    # same weights as a stride-2 network: loading one into the other works, and the config round-trips
+    net.load_state_dict(ResNetEncoder(arch).state_dict())
+    with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
+        ResNetEncoder(arch, last_stride=3)
+
+
 def test_unknown_arch_is_refused():
     with pytest.raises(ValueError, match="arch must be one of"):
         ResNetEncoder("vgg16")
