@@ -29,7 +29,7 @@ from common.losses import byol_loss, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.probe import probe_all, probe_line
 from common.training import (LARS, Counter, Reporter, batch_indices, checkpoint_dirs, ema_momentum, ema_update,
-                             lars_groups, make_accelerator, prepare_output, push_to_hub, run_args, save_args,
+                             eval_mode, lars_groups, make_accelerator, prepare_output, push_to_hub, run_args, save_args,
                              save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
@@ -67,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
     g.add_argument("--epochs", type=at_least(1), default=200)
-    g.add_argument("--max_steps", type=at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--max_steps", type=at_least(1), default=None,
+                   help="total steps of --batch_size (overrides --epochs)")
     g.add_argument("--warmup_epochs", type=float, default=2.0)
     g.add_argument("--ema", type=float, default=0.99, help="initial target momentum (rises to 1 along a cosine)")
     g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
@@ -183,14 +184,11 @@ def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
     nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
-        nets["random"] = new_encoder(args)
-    was = encoder.training
-    for net in nets.values():
-        net.eval().to(accelerator.device)
-    out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
-                     for name, net in nets.items()}, load_tensors(args, "val"), args.crop_size, args.probe_pairs,
-                    args.seed)
-    encoder.train(was)
+        nets["random"] = new_encoder(args).eval().to(accelerator.device)
+    with eval_mode(encoder):
+        out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
+                         for name, net in nets.items()}, load_tensors(args, "val"), args.crop_size,
+                        args.probe_pairs, args.seed)
     baseline.update({k: v for k, v in out.items() if k == "random"})
     out = {**out, "random": baseline["random"]}
     logger.info(probe_line(out))

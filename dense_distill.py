@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.losses import auto_chunk, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.probe import probe_all, probe_line
-from common.training import (Counter, Reporter, batch_indices, checkpoint_dirs, make_accelerator, prepare_output,
-                             push_to_hub, run_args, save_args, save_checkpoint, warmup_cosine)
+from common.training import (Counter, Reporter, batch_indices, checkpoint_dirs, eval_mode, make_accelerator,
+                             prepare_output, push_to_hub, run_args, save_args, save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -57,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", type=float, default=1e-4)
     g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
     g.add_argument("--epochs", type=at_least(1), default=20)
-    g.add_argument("--max_steps", type=at_least(1), default=None, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--max_steps", type=at_least(1), default=None,
+                   help="total steps of --batch_size (overrides --epochs)")
     g.add_argument("--warmup_epochs", type=float, default=2.0)
     g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
     g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
@@ -89,6 +91,7 @@ class Distiller(nn.Module):
         self.head = ConvHead(student.feature_dim, head_dim, head_dim) if head_dim else nn.Identity()
         if freeze_encoder:
             student.encoder.requires_grad_(False)
+        self.train()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -96,16 +99,11 @@ class Distiller(nn.Module):
             self.student.encoder.eval()        # frozen: BatchNorm on its running statistics, as the teacher
         return self
 
-    def forward(self, x: torch.Tensor, teacher: ResNetEncoder) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [B, 3, S, S] -> student projections f [B, N, C] and teacher hypercolumns h [B, N, C~]."""
-        with torch.no_grad():
-            maps = teacher.layers(x)
-            h = teacher.hypercolumn_of(maps)
-        if not self.freeze_encoder:
-            maps = self.student.encoder.layers(x)
-        # a frozen student encoder is the teacher's: its layer maps are the ones just computed
-        f = self.head(self.student.decoder(maps))
-        return rearrange(f, "b c h w -> b (h w) c"), rearrange(h, "b c h w -> b (h w) c")
+    def forward(self, x: torch.Tensor, teacher_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Images [B, 3, S, S] and the teacher's layer maps of them -> projections f [B, N, C]. A frozen
+        student encoder is the teacher, so its maps are the teacher's, computed once."""
+        maps = teacher_maps if self.freeze_encoder else self.student.encoder.layers(x)
+        return rearrange(self.head(self.student.decoder(maps)), "b c h w -> b (h w) c")
 
 
 def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -> torch.Tensor:
@@ -115,7 +113,7 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
     views = cross = 0.0
     if pairs in ("views", "both"):             # the same image under two augmentations, both directions
         views = (lead_loss(f1, f2, h1, h2, tau, chunk) + lead_loss(f2, f1, h2, h1, tau, chunk)) / 2
-    if pairs in ("cross", "both"):             # view 1 of image b with view 2 of image b + 1
+    if pairs in ("cross", "both"):             # view 1 of image b with view 2 of image b - 1
         f2r, h2r = f2.roll(1, 0), h2.roll(1, 0)
         cross = (lead_loss(f1, f2r, h1, h2r, tau, chunk) + lead_loss(f2r, f1, h2r, h1, tau, chunk)) / 2
     return views + cross if pairs != "both" else (views + cross) / 2
@@ -123,7 +121,8 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
 
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
-    student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride)
+    student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
+                             mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
     model = Distiller(student, args.head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -137,9 +136,14 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
 def train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk):
     v1, v2, _, _ = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
                               accelerator.process_index, accelerator.num_processes)
+    views = torch.cat([v1, v2])
+    # the teacher outside the prepared model: Accelerate would cast its outputs, h included, to fp32
+    with accelerator.autocast(), torch.no_grad():
+        maps = teacher.layers(views)
+        h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c")   # bf16 under --mixed_precision bf16
     with accelerator.accumulate(model):
         with accelerator.autocast():
-            f, h = model(torch.cat([v1, v2]), teacher)
+            f = model(views, maps)
         loss = pair_loss(f, h, args.pairs, args.tau, chunk)       # softmax and cross-entropy in fp32
         accelerator.backward(loss)
         opt.step()
@@ -152,13 +156,12 @@ def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) ->
     """Matching on the synthetic validation split: the compact features vs. the teacher's hypercolumn."""
     if not args.probe_pairs or not accelerator.is_main_process:
         return {}
-    was = student.training
-    student.eval()
     dev = accelerator.device
-    out = probe_all({f"lead-{args.feature_dim}": lambda x: student(x.to(dev)).float().cpu(),
-                     f"hypercolumn-{teacher.hypercolumn_dim}": lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
-                    load_tensors(args, "val"), args.crop_size, args.probe_pairs, args.seed)
-    student.train(was)
+    with eval_mode(student):
+        out = probe_all({f"lead-{args.feature_dim}": lambda x: student(x.to(dev)).float().cpu(),
+                         f"hypercolumn-{teacher.hypercolumn_dim}":
+                             lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
+                        load_tensors(args, "val"), args.crop_size, args.probe_pairs, args.seed)
     logger.info(probe_line(out))
     return out
 
@@ -186,7 +189,7 @@ def main(args) -> dict:
     out = Path(args.output_dir)
     if args.push_to_hub and not args.hub_model_id:
         raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-64)")
-    if args.chunk not in ("auto", "none") and not args.chunk.isdigit():
+    if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
         raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
     teacher = load_teacher(args.init_from)
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
@@ -198,6 +201,8 @@ def main(args) -> dict:
     if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
         raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
                         f"and not exceed the {len(cache)} images")
+    if args.pairs != "views" and args.batch_size // accelerator.num_processes < 2:
+        raise DataError(f"--pairs {args.pairs} pairs images within a process's batch: it needs 2 or more per process")
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
@@ -210,7 +215,7 @@ def main(args) -> dict:
     elif accelerator.is_main_process:
         save_args(args, out)
     local = args.batch_size // accelerator.num_processes
-    n = (args.crop_size // 4) ** 2                                       # positions of a stride-4 map
+    n = math.ceil(args.crop_size / 4) ** 2                               # positions of the stride-4 map
     chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
     stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
     t0, seen = time.perf_counter(), 0

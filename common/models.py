@@ -6,6 +6,8 @@ folder or a Hub id; the next stage never needs the previous one's flags.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,7 +136,7 @@ class FPNDecoder(nn.Module):
     @staticmethod
     def _block(width: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
-                             nn.GroupNorm(min(32, width // 4), width), nn.ReLU(inplace=True))
+                             nn.GroupNorm(math.gcd(32, width), width), nn.ReLU(inplace=True))
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         lat = [conv(m) for conv, m in zip(self.lateral, maps)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -19,6 +20,19 @@ from .data.images import DataError
 TRACKERS = ("none", "tensorboard", "wandb")
 
 
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Evaluate in eval mode, then give every submodule back its own mode (a module-level train(was)
+    would switch on BatchNorm layers that --bn_eval or a frozen encoder keep in eval mode)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def run_args(output_dir: str) -> argparse.ArgumentParser:
     """The flags every training stage shares: output folder, resume, precision, logging, checkpoints, Hub."""
     from .data import at_least
@@ -30,7 +44,9 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    g.add_argument("--grad_accum", type=at_least(1), default=1, help="gradient accumulation steps")
+    g.add_argument("--grad_accum", type=at_least(1), default=1,
+                   help="accumulate gradients over this many steps (each of --batch_size) per optimiser update; "
+                        "--max_steps, the schedules and the lr scaling count steps, not updates")
     g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
     g.add_argument("--report_to", default="none", choices=TRACKERS,
                    help="also log to this Accelerate tracker (optional package; metrics.jsonl is always written)")

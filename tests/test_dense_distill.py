@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import dense_distill
 from common.data import DataError
+from common.losses import lead_loss
 from common.models import DenseExtractor, ResNetEncoder
 
 TINY = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8", "--lr", "1e-2",
@@ -84,6 +85,24 @@ def test_chunked_and_full_loss_agree_in_a_run(cache_dir, tmp_path, teacher):
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6) and len(losses[0]) == 2
 
 
+def test_teacher_similarities_stay_bf16_under_mixed_precision(cache_dir, tmp_path, teacher, monkeypatch):
+    # Accelerate casts a prepared model's outputs to fp32; the teacher runs outside it, so h stays bf16
+    seen = []
+
+    def spy(f_i, f_j, h_i, h_j, tau, chunk):
+        seen.append((f_i.dtype, h_i.dtype))
+        return lead_loss(f_i, f_j, h_i, h_j, tau, chunk)
+
+    from accelerate.state import AcceleratorState
+    monkeypatch.setattr(dense_distill, "lead_loss", spy)
+    AcceleratorState._reset_state(True)     # Accelerate's state is per process; its own tests reset it so
+    try:
+        run(teacher, tmp_path / "bf16", "--max_steps", "1", "--probe_pairs", "0", "--mixed_precision", "bf16")
+    finally:
+        AcceleratorState._reset_state(True)
+    assert seen and all(h == torch.bfloat16 for _, h in seen)
+
+
 def test_pair_modes():
     g = torch.Generator().manual_seed(0)
     f, h = torch.randn(6, 10, 4, generator=g), torch.randn(6, 10, 12, generator=g)
@@ -99,8 +118,9 @@ def test_init_from_must_be_a_stage_1_model(cache_dir, tmp_path, teacher):
     DenseExtractor("resnet18", 16, 16).save_pretrained(tmp_path / "stage2")
     with pytest.raises(DataError, match="not a stage-1 model"):
         run(tmp_path / "stage2", tmp_path / "b", "--max_steps", "1")
-    with pytest.raises(DataError, match="--chunk must be auto, none or a number"):
-        run(teacher, tmp_path / "c", "--max_steps", "1", "--chunk", "half")
+    for bad in ("half", "0"):
+        with pytest.raises(DataError, match="--chunk must be auto, none or a number"):
+            run(teacher, tmp_path / "c", "--max_steps", "1", "--chunk", bad)
 
 
 def test_accelerate_launch_runs_the_script(cache_dir, tmp_path, teacher):

@@ -7,7 +7,7 @@ import torch.nn as nn
 from accelerate.tracking import GeneralTracker
 
 from common.data import DataError
-from common.training import LARS, Reporter, lars_groups, make_accelerator
+from common.training import LARS, Reporter, eval_mode, lars_groups, make_accelerator
 
 
 def test_lars_matches_the_update_rule_by_hand():
@@ -91,3 +91,12 @@ def test_a_missing_tracker_package_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     with pytest.raises(DataError, match="--report_to wandb needs the wandb package: pip install wandb"):
         make_accelerator("no", 1, "wandb")
+
+
+def test_eval_mode_gives_each_module_its_own_mode_back():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    net.train()
+    net[2][0].eval()                                       # e.g. --bn_eval, or a frozen encoder
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [True, True, True, True, False]
