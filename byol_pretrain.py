@@ -29,7 +29,7 @@ from common.losses import byol_loss, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.probe import probe_all, probe_line
 from common.training import (LARS, Counter, Reporter, batch_indices, checkpoint_dirs, ema_momentum, ema_update,
-                             eval_mode, lars_groups, make_accelerator, prepare_output, push_to_hub, run_args, save_args,
+                             eval_mode, lars_groups, make_accelerator, prepare_output, run_args, save_args, save_final,
                              save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
@@ -274,12 +274,8 @@ def main(args) -> dict:
     if result:
         report.log(counter.step, {"probe": result})
     report.close()
-    if accelerator.is_main_process:
-        encoder.save_pretrained(out / "final")
-        (out / "final" / "README.md").write_text(model_card(args, out, result, counter.step))
-        if args.push_to_hub:
-            push_to_hub(out / "final", args.hub_model_id, "LEAD stage 1 (BYOL)")
-    accelerator.wait_for_everyone()
+    save_final(accelerator, out, encoder, model_card(args, out, result, counter.step),
+               args.hub_model_id if args.push_to_hub else None, "LEAD stage 1 (BYOL)")
     return {"step": counter.step, "probe": result}
 
 

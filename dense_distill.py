@@ -32,7 +32,7 @@ from common.losses import auto_chunk, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.probe import probe_all, probe_line
 from common.training import (Counter, Reporter, batch_indices, checkpoint_dirs, eval_mode, make_accelerator,
-                             prepare_output, push_to_hub, run_args, save_args, save_checkpoint, warmup_cosine)
+                             prepare_output, run_args, save_args, save_final, save_checkpoint, warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -244,12 +244,8 @@ def main(args) -> dict:
     if result:
         report.log(counter.step, {"probe": result})
     report.close()
-    if accelerator.is_main_process:
-        student.save_pretrained(out / "final")
-        (out / "final" / "README.md").write_text(model_card(args, result, counter.step, teacher))
-        if args.push_to_hub:
-            push_to_hub(out / "final", args.hub_model_id, "LEAD stage 2 (dense distillation)")
-    accelerator.wait_for_everyone()
+    save_final(accelerator, out, student, model_card(args, result, counter.step, teacher),
+               args.hub_model_id if args.push_to_hub else None, "LEAD stage 2 (dense distillation)")
     return {"step": counter.step, "probe": result}
 
 

@@ -70,6 +70,17 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     return perm[k * batch:(k + 1) * batch]
 
 
+def save_final(accelerator, out: Path, model, card: str, hub_model_id: str | None, message: str) -> None:
+    """The hand-off folder OUTPUT/final/ (config.json, model.safetensors, README.md model card),
+    written by the main process, and uploaded to the Hub when an id is given."""
+    if accelerator.is_main_process:
+        model.save_pretrained(out / "final")
+        (out / "final" / "README.md").write_text(card)
+        if hub_model_id:
+            push_to_hub(out / "final", hub_model_id, message)
+    accelerator.wait_for_everyone()
+
+
 def push_to_hub(folder: Path, repo_id: str, message: str) -> None:
     """Upload a final/ folder (weights, config, model card) to the Hub."""
     import huggingface_hub
