@@ -28,9 +28,9 @@ from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.losses import byol_loss, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.probe import probe_all, probe_line
-from common.training import (LARS, Counter, Reporter, batch_indices, checkpoint_dirs, ema_momentum, ema_update,
-                             eval_mode, lars_groups, make_accelerator, prepare_output, run_args, save_args, save_final,
-                             save_checkpoint, warmup_cosine)
+from common.training import (LARS, Counter, Reporter, check_batch, checkpoint_dirs, ema_momentum, ema_update,
+                             eval_mode, lars_groups, local_batch, make_accelerator, prepare_output, run_args,
+                             save_args, save_checkpoint, save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel")
@@ -222,9 +222,7 @@ def main(args) -> dict:
     set_seed(args.seed)
     with accelerator.main_process_first():
         cache = load_tensors(args, "pretrain")
-    if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
-        raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
-                         f"and not exceed the {len(cache)} images")
+    check_batch(args.batch_size, accelerator.num_processes, len(cache))
     model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -240,15 +238,12 @@ def main(args) -> dict:
         accelerator.load_state(str(checkpoint_dirs(out)[-1]))
     elif accelerator.is_main_process:
         save_args(args, out)
-    local = args.batch_size // accelerator.num_processes
     stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
     t0, seen, baseline = time.perf_counter(), 0, {}
     report = Reporter(accelerator, out, "lead-byol", vars(args), total, counter.step)
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     while counter.step < stop:
-        idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
-        idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
-        images = cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
+        images = local_batch(cache, args.batch_size, counter.step, args.seed, accelerator)
         loss = train_step(accelerator, model, target, opt, sched, images, args, counter.step, total)
         counter.step += 1
         seen += args.batch_size

@@ -31,8 +31,9 @@ from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.losses import auto_chunk, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.probe import probe_all, probe_line
-from common.training import (Counter, Reporter, batch_indices, checkpoint_dirs, eval_mode, make_accelerator,
-                             prepare_output, run_args, save_args, save_final, save_checkpoint, warmup_cosine)
+from common.training import (Counter, Reporter, check_batch, checkpoint_dirs, eval_mode, local_batch,
+                             make_accelerator, prepare_output, run_args, save_args, save_checkpoint, save_final,
+                             warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -198,9 +199,7 @@ def main(args) -> dict:
     set_seed(args.seed)
     with accelerator.main_process_first():
         cache = load_tensors(args, "pretrain")
-    if args.batch_size % accelerator.num_processes or args.batch_size > len(cache):
-        raise DataError(f"--batch_size {args.batch_size} must divide by {accelerator.num_processes} processes "
-                        f"and not exceed the {len(cache)} images")
+    check_batch(args.batch_size, accelerator.num_processes, len(cache))
     if args.pairs != "views" and args.batch_size // accelerator.num_processes < 2:
         raise DataError(f"--pairs {args.pairs} pairs images within a process's batch: it needs 2 or more per process")
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
@@ -221,9 +220,7 @@ def main(args) -> dict:
     t0, seen = time.perf_counter(), 0
     report = Reporter(accelerator, out, "lead-distill", vars(args), total, counter.step)
     while counter.step < stop:
-        idx = batch_indices(len(cache), args.batch_size, counter.step, args.seed)
-        idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
-        images = cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
+        images = local_batch(cache, args.batch_size, counter.step, args.seed, accelerator)
         loss = train_step(accelerator, model, teacher, opt, sched, images, args, counter.step, chunk)
         counter.step += 1
         seen += args.batch_size

@@ -81,6 +81,21 @@ def save_final(accelerator, out: Path, model, card: str, hub_model_id: str | Non
     accelerator.wait_for_everyone()
 
 
+def check_batch(batch_size: int, processes: int, images: int) -> None:
+    """A global batch must split evenly over the processes and fit the data set."""
+    if batch_size % processes or batch_size > images:
+        raise DataError(f"--batch_size {batch_size} must divide by {processes} processes "
+                        f"and not exceed the {images} images")
+
+
+def local_batch(cache, batch_size: int, step: int, seed: int, accelerator) -> torch.Tensor:
+    """This process's share of the step's global batch (batch_indices), uint8 on its device."""
+    local = batch_size // accelerator.num_processes
+    idx = batch_indices(len(cache), batch_size, step, seed)
+    idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
+    return cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
+
+
 def push_to_hub(folder: Path, repo_id: str, message: str) -> None:
     """Upload a final/ folder (weights, config, model card) to the Hub."""
     import huggingface_hub
