@@ -25,10 +25,10 @@ import torch.nn as nn
 from accelerate.utils import set_seed
 from einops import rearrange
 
-from common.augment import make_views, view_configs
+from common.augment import cell_centres, make_views, view_configs, view_correspondence
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
-from common.losses import auto_chunk, lead_loss
+from common.losses import auto_chunk, dve_loss, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.probe import probe_all, probe_line
 from common.training import (Counter, Reporter, check_batch, checkpoint_dirs, eval_mode, local_batch,
@@ -37,6 +37,7 @@ from common.training import (Counter, Reporter, check_batch, checkpoint_dirs, ev
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
+OBJECTIVES = ("lead", "dve", "lead+dve")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--head_dim", type=int, default=256, help="projection head output width (0: no head, Table 3)")
     g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
     g = parser.add_argument_group("Loss")
-    g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2")
+    g.add_argument("--objective", default="lead", choices=OBJECTIVES,
+                   help="lead: the paper's distillation; dve: DVE's equivariance through an auxiliary image "
+                        "(no teacher in the loss); lead+dve: their sum, --dve_weight on the second")
+    g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2 (and of DVE's matches)")
+    g.add_argument("--dve_weight", type=float, default=1.0, help="weight of the DVE term in lead+dve")
+    g.add_argument("--dve_power", type=float, default=0.5, help="DVE's distance exponent (0.5 in DVE's code)")
     g.add_argument("--pairs", default="views", choices=PAIRS,
                    help="views: two augmented views of each image; cross: each image with another of the batch; both")
     g.add_argument("--chunk", default="auto",
@@ -100,11 +106,13 @@ class Distiller(nn.Module):
             self.student.encoder.eval()        # frozen: BatchNorm on its running statistics, as the teacher
         return self
 
-    def forward(self, x: torch.Tensor, teacher_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Images [B, 3, S, S] and the teacher's layer maps of them -> projections f [B, N, C]. A frozen
+    def forward(self, x: torch.Tensor, teacher_maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, S, S] and the teacher's layer maps of them -> the dense features [B, C, h, w] (what
+        stage 2 hands on) and their projections [B, h*w, C_head] (what the LEAD loss sees). A frozen
         student encoder is the teacher, so its maps are the teacher's, computed once."""
         maps = teacher_maps if self.freeze_encoder else self.student.encoder.layers(x)
-        return rearrange(self.head(self.student.decoder(maps)), "b c h w -> b (h w) c")
+        features = self.student.decoder(maps)
+        return features, rearrange(self.head(features), "b c h w -> b (h w) c")
 
 
 def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -> torch.Tensor:
@@ -120,12 +128,27 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
     return views + cross if pairs != "both" else (views + cross) / 2
 
 
+def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: float) -> torch.Tensor:
+    """DVE's loss between the two views (both directions), each matched through view 1 of the previous image
+    of the batch, another face. features: the two views stacked [2B, C, g, g]; p1, p2: the views' crops."""
+    g = features.shape[-1]
+    f1, f2 = rearrange(features, "b c h w -> b (h w) c").chunk(2)
+    cells = cell_centres(g, features.device) * g / 2                     # normalised -> units of one cell
+    total = 0.0
+    for fa, fb, pa, pb in ((f1, f2, p1, p2), (f2, f1, p2, p1)):
+        target, valid = view_correspondence(pa, pb, g)
+        total = total + dve_loss(fa, fb, fa.roll(1, 0), target.to(features.device) * g / 2,
+                                 valid.to(features.device), cells, tau, power)
+    return total / 2
+
+
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
-    model = Distiller(student, args.head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
+    head_dim = args.head_dim if "lead" in args.objective else 0     # DVE alone trains the features themselves
+    model = Distiller(student, head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay)
     total = args.max_steps or args.epochs * steps_per_epoch
@@ -135,17 +158,21 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
 
 
 def train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk):
-    v1, v2, _, _ = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
-                              accelerator.process_index, accelerator.num_processes)
+    v1, v2, p1, p2 = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
+                                  accelerator.process_index, accelerator.num_processes)
     views = torch.cat([v1, v2])
     # the teacher outside the prepared model: Accelerate would cast its outputs, h included, to fp32
     with accelerator.autocast(), torch.no_grad():
         maps = teacher.layers(views)
-        h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c")   # bf16 under --mixed_precision bf16
+        h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c") if "lead" in args.objective else None
     with accelerator.accumulate(model):
         with accelerator.autocast():
-            f = model(views, maps)
-        loss = pair_loss(f, h, args.pairs, args.tau, chunk)       # softmax and cross-entropy in fp32
+            features, f = model(views, maps)
+        loss = 0.0                                                # softmaxes and cross-entropies in fp32
+        if "lead" in args.objective:
+            loss = pair_loss(f, h, args.pairs, args.tau, chunk)
+        if "dve" in args.objective:
+            loss = loss + args.dve_weight * dve_views(features, p1, p2, args.tau, args.dve_power)
         accelerator.backward(loss)
         opt.step()
         sched.step()
@@ -173,7 +200,7 @@ def model_card(args, probe_result: dict, steps: int, teacher: ResNetEncoder) -> 
              "by `dense_distill.py` (the reference implementation of LEAD, WACV 2022).", "",
              f"- teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
              f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, views "
-             f"{args.crop_size} px, pairs {args.pairs}, tau {args.tau}, head {args.head_dim}",
+             f"{args.crop_size} px, objective {args.objective}, pairs {args.pairs}, tau {args.tau}, head {args.head_dim}",
              "- load: `DenseExtractor.from_pretrained(folder)`; `model(images)` gives [B, C, H/4, W/4]", ""]
     if probe_result:
         lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
@@ -200,8 +227,9 @@ def main(args) -> dict:
     with accelerator.main_process_first():
         cache = load_tensors(args, "pretrain")
     check_batch(args.batch_size, accelerator.num_processes, len(cache))
-    if args.pairs != "views" and args.batch_size // accelerator.num_processes < 2:
-        raise DataError(f"--pairs {args.pairs} pairs images within a process's batch: it needs 2 or more per process")
+    if (args.pairs != "views" or "dve" in args.objective) and args.batch_size // accelerator.num_processes < 2:
+        what = f"--objective {args.objective}" if "dve" in args.objective else f"--pairs {args.pairs}"
+        raise DataError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm

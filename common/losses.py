@@ -72,3 +72,26 @@ def auto_chunk(batch: int, n: int, budget_bytes: int = 2**30) -> int | None:
     if row_bytes * n <= budget_bytes:
         return None
     return max(1, budget_bytes // row_bytes)
+
+
+def dve_loss(f1: torch.Tensor, f2: torch.Tensor, fa: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+             cells: torch.Tensor, tau: float = 0.05, power: float = 0.5) -> torch.Tensor:
+    """Dense visual equivariance with vector exchange (DVE, Thewlis et al. 2019, Eq. 5): each position u of
+    view 1 is first described by the features of an auxiliary image (another identity): the soft-match of
+    f1(u) over fa's positions gives a convex mix of fa's vectors; that mix is then soft-matched over view 2,
+    and the loss is the expected distance^power between the matched position and where u truly lies in view
+    2. Matching through another face rewards features that are shared across identities, which plain
+    equivariance between two views of one image does not.
+
+    f1, f2, fa: [B, N, C] features of view 1, view 2 and the auxiliary image at N cell positions; cells [N, 2]
+    those positions and target [B, N, 2] where each cell of view 1 lies in view 2, in one unit (e.g. cells);
+    valid [B, N] the cells of view 1 that lie inside view 2. Softmaxes of cosine / tau, in fp32."""
+    with torch.autocast(f1.device.type, enabled=False):
+        f1, f2, fa = (F.normalize(f.float(), dim=-1) for f in (f1, f2, fa))
+        via_a = F.softmax(torch.einsum("buc,bkc->buk", f1, fa) / tau, dim=-1)        # [B, N, N] u -> aux
+        mixed = torch.einsum("buk,bkc->buc", via_a, fa)                                # f1 told in fa's words
+        q = F.softmax(torch.einsum("buc,bvc->buv", mixed, f2) / tau, dim=-1)          # [B, N, N] u -> view 2
+        dist = torch.cdist(target.float(), cells.float()[None].expand(len(f1), -1, -1)).pow(power)
+        per_u = (q * dist).sum(-1)                                                     # [B, N] expected distance
+        valid = valid.to(per_u.dtype)
+        return (per_u * valid).sum() / valid.sum().clamp_min(1)

@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 import byol_pretrain
+import dense_distill
 from common.augment import ViewConfig, byol_views, cell_centres, crop_theta, view_correspondence, view_params
-from common.losses import pixel_loss
+from common.losses import dve_loss, pixel_loss
 from common.models import ResNetEncoder, dense_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,3 +124,66 @@ def test_pixel_objectives_train(cache_dir, tmp_path, objective):
     assert all(math.isfinite(x["loss"]) and 0 <= x["loss"] <= 16 for x in lines if "loss" in x)
     assert ResNetEncoder.from_pretrained(tmp_path / "run" / "final").arch == "resnet18"
     assert json.loads((tmp_path / "run" / "args.json").read_text())["objective"] == objective
+
+
+def dve_reference(f1, f2, fa, target, valid, cells, tau, power):
+    """dve_loss by explicit loops over images and positions, in float64."""
+    total, count = 0.0, 0
+    unit = [[[[v / math.sqrt(sum(c * c for c in x)) for v in x] for x in img] for img in f.tolist()]
+            for f in (f1, f2, fa)]
+    for b in range(len(f1)):
+        a1, a2, aa = (u[b] for u in unit)
+        for u in range(len(a1)):
+            if not valid[b, u]:
+                continue
+            w = [math.exp(sum(p * q for p, q in zip(a1[u], k)) / tau) for k in aa]
+            mixed = [sum(wk * k[c] for wk, k in zip(w, aa)) / sum(w) for c in range(len(a1[u]))]
+            e = [math.exp(sum(p * q for p, q in zip(mixed, v)) / tau) for v in a2]
+            d = [math.dist(target[b, u].tolist(), cells[v].tolist()) ** power for v in range(len(a2))]
+            total += sum(ev * dv for ev, dv in zip(e, d)) / sum(e)
+            count += 1
+    return total / count
+
+
+def test_dve_loss_matches_a_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    f1, f2, fa = (torch.randn(2, 9, 5, generator=g) for _ in range(3))
+    cells = cell_centres(3) * 1.5
+    target = torch.rand(2, 9, 2, generator=g) * 3 - 1.5
+    valid = torch.rand(2, 9, generator=g) > 0.3
+    got = dve_loss(f1, f2, fa, target, valid, cells, tau=0.3, power=0.5)
+    assert got.item() == pytest.approx(dve_reference(f1, f2, fa, target, valid, cells, 0.3, 0.5), rel=1e-5)
+    f1.requires_grad_(True), fa.requires_grad_(True)
+    dve_loss(f1, f2, fa, target, valid, cells, 0.3, 0.5).backward()
+    assert f1.grad.abs().sum() > 0 and fa.grad.abs().sum() > 0          # both the query and the exchange learn
+
+
+def place_code(src: torch.Tensor, anchors: int = 12, width: float = 0.15) -> torch.Tensor:
+    """Features that say where in the source image a position is, the same for every image (a part code):
+    Gaussian bumps of the source position [..., 2] around a lattice of anchors -> [..., anchors**2]."""
+    d = (src[..., None, :] - cell_centres(anchors)).square().sum(-1)
+    return torch.exp(-d / (2 * width ** 2))
+
+
+def test_dve_rewards_features_shared_across_images_and_wires_the_views_right():
+    g = torch.Generator().manual_seed(1)
+    n, grid = 16, 8
+    cfg = dataclasses.replace(GEOMETRY, scale=(0.5, 1.0))
+    p1, p2 = view_params(n, cfg, g), view_params(n, cfg, g)
+    cells = cell_centres(grid)[None]
+
+    def source(p):                            # where each cell of a view lies in its image
+        t = crop_theta(p)
+        return cells * torch.stack([t[:, 0, 0], t[:, 1, 1]], -1)[:, None] + t[:, None, :, 2]
+
+    shared = torch.cat([place_code(source(p)) for p in (p1, p2)])                     # [2n, N, C]
+    maps = rearrange(shared, "b (h w) c -> b c h w", h=grid)
+    good = dense_distill.dve_views(maps, p1, p2, tau=0.02, power=0.5)
+    swapped = dense_distill.dve_views(maps, p2, p1, tau=0.02, power=0.5)        # the truth of the other direction
+    assert good < 0.8 and swapped > 1.3 * good     # 0.8: about the distance from a point to its nearest cell
+    # image-specific features (a random code per image and position) match one view to the other only
+    # through the same image; DVE's exchange through another image leaves them lost
+    own = torch.randn(n, 64, 2 * grid, 2 * grid, generator=g)
+    specific = torch.cat([F.grid_sample(own, F.affine_grid(crop_theta(p), [n, 64, grid, grid], align_corners=False),
+                                        align_corners=False) for p in (p1, p2)])
+    assert dense_distill.dve_views(specific, p1, p2, tau=0.02, power=0.5) > 1.8 * good

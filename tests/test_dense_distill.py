@@ -136,3 +136,23 @@ def test_accelerate_launch_runs_the_script(cache_dir, tmp_path, teacher):
     bad = subprocess.run([sys.executable, "dense_distill.py", "--init_from", str(tmp_path), "--output_dir",
                           str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a stage-1 model" in bad.stderr
+
+
+def losses_of(out):
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_dve_objectives_train_the_features_and_add_up(cache_dir, tmp_path, teacher):
+    result = run(teacher, tmp_path / "dve", "--max_steps", "2", "--probe_pairs", "4", "--objective", "dve")
+    assert "lead-16" in result["probe"]
+    weights = load_file(tmp_path / "dve" / "final" / "model.safetensors")
+    assert not torch.equal(weights["decoder.head.weight"], DenseExtractor("resnet18", 16, 16).decoder.head.weight)
+    assert all(math.isfinite(v) and v > 0 for v in losses_of(tmp_path / "dve"))
+    # lead+dve with the DVE term weighted 0 is LEAD, step for step; a weight makes the sum larger
+    run(teacher, tmp_path / "lead", "--max_steps", "2", "--probe_pairs", "0")
+    run(teacher, tmp_path / "zero", "--max_steps", "2", "--probe_pairs", "0", "--objective", "lead+dve",
+        "--dve_weight", "0")
+    run(teacher, tmp_path / "sum", "--max_steps", "1", "--probe_pairs", "0", "--objective", "lead+dve")
+    lead, zero, total = (losses_of(tmp_path / n) for n in ("lead", "zero", "sum"))
+    assert zero == pytest.approx(lead, rel=1e-5)
+    assert total[0] == pytest.approx(lead[0] + losses_of(tmp_path / "dve")[0], rel=1e-4)
