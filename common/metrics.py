@@ -12,11 +12,12 @@ from einops import rearrange
 EYES = {5: (0, 1), 68: (36, 45)}  # eye centres (MAFL order); outer eye corners (300-W order)
 
 
-def inter_ocular(gt: torch.Tensor) -> torch.Tensor:
-    """Distance between the eye points of [N, K, 2] landmarks (K = 5 or 68): [N]."""
-    if gt.shape[1] not in EYES:
-        raise ValueError(f"no eye points defined for {gt.shape[1]} landmarks (know {sorted(EYES)})")
-    a, b = EYES[gt.shape[1]]
+def inter_ocular(gt: torch.Tensor, eye_idx: tuple[int, int] | None = None) -> torch.Tensor:
+    """Distance between the eye points of [N, K, 2] landmarks: [N]. eye_idx gives their indices; by default
+    the eye centres of 5-point sets and the outer eye corners of 68-point sets (EYES)."""
+    if eye_idx is None and gt.shape[1] not in EYES:
+        raise ValueError(f"no eye points defined for {gt.shape[1]} landmarks (know {sorted(EYES)}; pass eye_idx)")
+    a, b = EYES[gt.shape[1]] if eye_idx is None else eye_idx
     return (gt[:, a] - gt[:, b]).norm(dim=-1)
 
 
@@ -27,9 +28,10 @@ def point_errors(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | N
     return torch.where(vis, err, 0.0).sum(1) / vis.sum(1)
 
 
-def iod_error(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image mean point error as a percentage of the inter-ocular distance: [N]."""
-    return 100 * point_errors(pred, gt, visible) / inter_ocular(gt)
+def iod_error(pred: torch.Tensor, gt: torch.Tensor, eye_idx: tuple[int, int] | None = None,
+              visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean point error as a percentage of the inter-ocular distance (see inter_ocular): [N]."""
+    return 100 * point_errors(pred, gt, visible) / inter_ocular(gt, eye_idx)
 
 
 def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: float, alpha: float = 0.05) -> torch.Tensor:

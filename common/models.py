@@ -170,3 +170,39 @@ class DenseExtractor(nn.Module, PyTorchModelHubMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder.layers(x))
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Expected position under the spatial softmax of each map [B, n, h, w] -> [B, n, 2] (x, y), in normalised
+    coordinates of the map's cell centres (align_corners=False: -1 and 1 are the image's outer edges)."""
+    h, w = logits.shape[-2:]
+    p = F.softmax(rearrange(logits.float(), "b n h w -> b n (h w)"), dim=-1)
+    ys, xs = ((2 * torch.arange(s, device=logits.device, dtype=p.dtype) + 1) / s - 1 for s in (h, w))
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)       # [(h w), 2] as (x, y)
+    return p @ grid
+
+
+class LandmarkRegressor(nn.Module, PyTorchModelHubMixin):
+    """The few-label landmark regressor of DVE, ContrastLandmark and LEAD (Sec. 4.2) on frozen features: a 1x1
+    convolution without bias gives `intermediate` heatmaps per landmark (DVE's code; `shared`: one set of
+    `intermediate` for all, the paper's wording), a spatial soft-argmax (logits x softargmax_mul) turns each into
+    a virtual keypoint, and a linear map without bias takes each landmark's keypoints to its (x, y). The map
+    starts as their mean, so training starts from a sensible shape. Coordinates are normalised like soft_argmax."""
+
+    def __init__(self, feature_dim: int, num_points: int, intermediate: int = 50, softargmax_mul: float = 100.0,
+                 shared: bool = False):
+        super().__init__()
+        self.num_points, self.intermediate, self.shared, self.softargmax_mul = num_points, intermediate, shared, \
+            softargmax_mul
+        self.heatmaps = nn.Conv2d(feature_dim, intermediate * (1 if shared else num_points), 1, bias=False)
+        mix = torch.zeros(num_points, 2, intermediate, 2)
+        mix[:, 0, :, 0] = mix[:, 1, :, 1] = 1 / intermediate
+        self.mix = nn.Parameter(rearrange(mix, "k o j c -> k o (j c)"))                 # [K, 2, 2 * intermediate]
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, C, h, w] -> landmarks [B, K, 2] and the virtual keypoints [B, n, 2]."""
+        virtual = soft_argmax(self.heatmaps(features.float()) * self.softargmax_mul)
+        if self.shared:
+            return torch.einsum("bj,koj->bko", rearrange(virtual, "b j c -> b (j c)"), self.mix), virtual
+        per_point = rearrange(virtual, "b (k j) c -> b k (j c)", k=self.num_points)
+        return torch.einsum("bkj,koj->bko", per_point, self.mix), virtual

@@ -26,14 +26,21 @@ def draw_points(img: Image.Image, points, visible=None, scale: float = 1.0, radi
     return out
 
 
-def landmark_grid(images: np.ndarray, landmarks=None, visible=None, cols: int = 8, scale: float = 2.0) -> Image.Image:
-    """uint8 images [N, 3, S, S] (with optional landmarks [N, K, 2], visible [N, K]) in one picture."""
+def landmark_grid(images: np.ndarray, landmarks=None, visible=None, cols: int = 8, scale: float = 2.0,
+                  truth=None) -> Image.Image:
+    """uint8 images [N, 3, S, S] (with optional landmarks [N, K, 2], visible [N, K]) in one picture; `truth`
+    [N, K, 2]: the true points too, as rings of the same colours (the landmarks are then predictions)."""
     n, _, h, w = images.shape
     rows = -(-n // cols)
     tile_w, tile_h = round(w * scale), round(h * scale)
     grid = Image.new("RGB", (cols * tile_w, rows * tile_h), (255, 255, 255))
     for i in range(n):
         tile = Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0)))
+        if truth is not None:
+            tile = draw_points(tile, truth[i], np.zeros(len(truth[i]), bool), scale, radius=3.0)
+            scale_i, points = 1.0, (np.asarray(landmarks[i]) + 0.5) * scale - 0.5
+            grid.paste(draw_points(tile, points, None, scale_i), ((i % cols) * tile_w, (i // cols) * tile_h))
+            continue
         tile = draw_points(tile, landmarks[i], None if visible is None else visible[i], scale) \
             if landmarks is not None else tile.resize((tile_w, tile_h), Image.BICUBIC)
         grid.paste(tile, ((i % cols) * tile_w, (i // cols) * tile_h))

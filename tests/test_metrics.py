@@ -82,9 +82,9 @@ def test_iod_error_hand_example():
     pred[0, 3] += torch.tensor([40.0, 40.0])    # invisible
     vis = torch.tensor([[True, True, True, False, False]])
     # visible errors: 1, 0, 3 -> mean 4/3 px -> 13.33 %
-    torch.testing.assert_close(iod_error(pred, gt, vis), torch.tensor([100 * (4 / 3) / 10]))
+    torch.testing.assert_close(iod_error(pred, gt, visible=vis), torch.tensor([100 * (4 / 3) / 10]))
     vis2 = torch.tensor([[True, False, True, False, False]])                # errors 1 and 3 only
-    torch.testing.assert_close(iod_error(pred, gt, vis2), torch.tensor([20.0]))
+    torch.testing.assert_close(iod_error(pred, gt, visible=vis2), torch.tensor([20.0]))
 
 
 def test_iod_error_68_points_per_image():
@@ -94,6 +94,11 @@ def test_iod_error_68_points_per_image():
     pred = gt.clone()
     pred[:, :, 0] += 2.0                                                    # every point off by 2 px
     torch.testing.assert_close(iod_error(pred, gt), torch.tensor([4.0, 10.0]))
+    # other eye points by index (e.g. the inner corners 39 and 42): the same errors over their distance
+    gt[:, 39], gt[:, 42] = torch.tensor([0.0, 0.0]), torch.tensor([8.0, 0.0])       # 8 px
+    pred = gt.clone()
+    pred[:, :, 0] += 2.0
+    torch.testing.assert_close(iod_error(pred, gt, eye_idx=(39, 42)), torch.tensor([25.0, 25.0]))
 
 
 def test_pck_hand_count():

@@ -1,0 +1,230 @@
+"""Frozen dense features for regression and matching: one loader for every model source, the PCA / NMF
+baselines of the hypercolumn, and a store that computes each image's features once within a memory budget.
+
+    source = load_source("runs/x/distill/final")        # stage 2: compact features at 1/4 resolution
+    source = load_source("runs/x/byol/final")           # stage 1: its hypercolumn (960-d or 3840-d)
+    source = load_source("random-resnet18")             # the same architecture untrained (fixed seed)
+    source = load_source("nmf:64", hypercolumn_from="runs/x/byol/final", fit_images=train_images)
+    maps = source(images)                               # images [N, 3, S, S] in [0, 1] -> [N, C, h, w]
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .data import DataError
+from .models import DenseExtractor, ResNetEncoder
+
+logger = logging.getLogger("lead")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+class FeatureSource(nn.Module):
+    """A frozen extractor split in two, so that a cache can keep the cheap half: parts(x) is what is stored per
+    image (the compact map, or a hypercolumn's per-layer maps at their own resolution, 8x smaller than the
+    upsampled hypercolumn), assemble(parts) the features [N, C, h, w]."""
+
+    def __init__(self, name: str, dim: int):
+        super().__init__()
+        self.name, self.dim = name, dim
+
+    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def assemble(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.assemble(self.parts(x))
+
+
+class Compact(FeatureSource):
+    def __init__(self, model: DenseExtractor, name: str):
+        super().__init__(name, model.feature_dim)
+        self.model = model.eval().requires_grad_(False)
+
+    def parts(self, x):
+        return [self.model(x)]
+
+
+class Hypercolumn(FeatureSource):
+    def __init__(self, encoder: ResNetEncoder, name: str):
+        super().__init__(name, encoder.hypercolumn_dim)
+        self.encoder = encoder.eval().requires_grad_(False)
+
+    def parts(self, x):
+        return self.encoder.layers(x)
+
+    def assemble(self, parts):
+        return self.encoder.hypercolumn_of([p.float() for p in parts])
+
+
+class Reduced(FeatureSource):
+    """A hypercolumn projected to k channels by PCA (mean [C], basis [k, C]) or NMF (basis [k, C] >= 0)."""
+
+    def __init__(self, base: Hypercolumn, kind: str, basis: torch.Tensor, mean: torch.Tensor | None = None):
+        super().__init__(f"{kind}-{len(basis)}", len(basis))
+        self.base, self.kind = base, kind
+        self.register_buffer("basis", basis)
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(basis.shape[1]))
+
+    def parts(self, x):
+        h = rearrange(self.base(x).float(), "n c h w -> n h w c")
+        if self.kind == "pca":
+            w = (h - self.mean) @ self.basis.T
+        else:
+            w = nmf_project(h.reshape(-1, h.shape[-1]), self.basis).reshape(*h.shape[:3], -1)
+        return [rearrange(w, "n h w k -> n k h w")]
+
+
+def fit_pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [C] and the top-k principal directions [k, C] of rows x [M, C]."""
+    mean = x.mean(0)
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, vh[:k]
+
+
+def fit_nmf(x: torch.Tensor, k: int, iters: int = 200, seed: int = 0) -> torch.Tensor:
+    """Non-negative basis H [k, C] with x [M, C] >= 0 ~ W H (Frobenius loss, Lee and Seung's multiplicative
+    updates from a random start scaled like scikit-learn's)."""
+    if (x < 0).any():
+        raise ValueError("NMF needs non-negative features")
+    g = torch.Generator().manual_seed(seed)
+    scale = (x.mean() / k).sqrt()
+    w = scale * torch.rand(len(x), k, generator=g, dtype=x.dtype).to(x.device)
+    h = scale * torch.rand(k, x.shape[1], generator=g, dtype=x.dtype).to(x.device)
+    eps = torch.finfo(x.dtype).eps
+    for _ in range(iters):
+        h *= (w.T @ x) / (w.T @ w @ h + eps)
+        w *= (x @ h.T) / (w @ (h @ h.T) + eps)
+    return h
+
+
+def nmf_project(x: torch.Tensor, h: torch.Tensor, iters: int = 100) -> torch.Tensor:
+    """Non-negative codes W [M, k] of rows x [M, C] on a fixed basis h [k, C]: the W-updates of fit_nmf, with
+    x h^T and h h^T computed once (each iteration is then [M, k] x [k, k])."""
+    xh, hh = x @ h.T, h @ h.T
+    w = torch.full_like(xh, 1.0 / len(h)) * (x.mean() / h.mean().clamp_min(1e-12))
+    eps = torch.finfo(x.dtype).eps
+    for _ in range(iters):
+        w *= xh.clamp_min(0) / (w @ hh + eps)
+    return w
+
+
+def _config(source: str) -> dict:
+    """config.json of a model folder or Hub id; a one-line error otherwise."""
+    local = Path(source)
+    if local.exists():
+        if not (local / "config.json").is_file() or not (local / "model.safetensors").is_file():
+            raise DataError(f"{source}: not a model folder (needs config.json and model.safetensors)")
+        return json.loads((local / "config.json").read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+    except Exception as e:
+        raise DataError(f"{source}: no such folder, and not a reachable Hub model ({type(e).__name__})") from None
+
+
+def load_model(source: str) -> FeatureSource:
+    """A stage-2 final/ (compact features), a stage-1 final/ (hypercolumn), a Hub id of either, or random-ARCH."""
+    if source.startswith("random-"):
+        arch = source.removeprefix("random-")
+        if arch not in ARCHS:
+            raise DataError(f"{source}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
+        torch.manual_seed(0)                                  # torchvision's initialisation, a fixed draw
+        return Hypercolumn(ResNetEncoder(arch), source)
+    config = _config(source)
+    try:
+        if "feature_dim" in config:
+            model = DenseExtractor.from_pretrained(source)
+            return Compact(model, f"lead-{model.feature_dim}")
+        if "arch" in config:
+            enc = ResNetEncoder.from_pretrained(source)
+            return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
+    except Exception as e:                                    # a config that does not fit its weights
+        raise DataError(f"{source}: cannot load the model ({type(e).__name__}: {e})") from None
+    raise DataError(f"{source}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
+
+
+@torch.no_grad()
+def sample_rows(source: FeatureSource, images: torch.Tensor, rows: int, batch: int = 32,
+                seed: int = 0) -> torch.Tensor:
+    """About `rows` feature vectors [M, C] drawn uniformly from the positions of `images` (uint8 [N, 3, S, S])."""
+    g = torch.Generator().manual_seed(seed)
+    per_image = max(1, -(-rows // len(images)))
+    out = []
+    for s in range(0, len(images), batch):
+        f = rearrange(source(images[s:s + batch].float() / 255).float(), "n c h w -> n (h w) c")
+        pick = torch.randint(f.shape[1], (len(f), per_image), generator=g)
+        out.append(torch.gather(f, 1, pick[..., None].expand(-1, -1, f.shape[-1])).reshape(-1, f.shape[-1]))
+    return torch.cat(out)[:rows]
+
+
+def load_source(spec: str, hypercolumn_from: str | None = None, fit_images: torch.Tensor | None = None,
+                fit_rows: int = 8192, device: str | torch.device = "cpu") -> FeatureSource:
+    """Any --features_from / --model value. pca:K and nmf:K reduce the hypercolumn of `hypercolumn_from`,
+    fitted on `fit_images` (uint8, the evaluated data set's training images: never its test images)."""
+    kind, _, k = spec.partition(":")
+    if kind not in ("pca", "nmf"):
+        return load_model(spec).to(device)
+    if not k.isdigit() or int(k) < 1:
+        raise DataError(f"{spec}: expected {kind}:K with K a positive number of components")
+    if hypercolumn_from is None or fit_images is None:
+        raise DataError(f"{spec} reduces a stage-1 hypercolumn: give it with --hypercolumn_from")
+    base = load_model(hypercolumn_from).to(device)
+    if not isinstance(base, Hypercolumn):
+        raise DataError(f"--hypercolumn_from {hypercolumn_from}: not a stage-1 model or random-ARCH")
+    x = sample_rows(base, fit_images.to(device), fit_rows)
+    if int(k) > min(x.shape):
+        raise DataError(f"{spec}: K is larger than the {x.shape[1]}-d hypercolumn or the {len(x)} fitted rows")
+    logger.info("fitting %s on %d hypercolumn rows of %d training images", spec, len(x), len(fit_images))
+    if kind == "pca":
+        mean, basis = fit_pca(x, int(k))
+        return Reduced(base, "pca", basis, mean).to(device)
+    return Reduced(base, "nmf", fit_nmf(x, int(k))).to(device)
+
+
+class FeatureStore:
+    """The features of a fixed set of images (uint8 [N, 3, S, S]): their parts computed once and kept in
+    memory in fp16 when they fit in `budget` bytes, else computed again for every batch."""
+
+    def __init__(self, source: FeatureSource, images: torch.Tensor, budget: float, batch: int = 32):
+        self.source, self.images, self.batch = source, images, batch
+        self.device = next(source.buffers(), next(source.parameters(), torch.empty(0))).device
+        with torch.no_grad():
+            probe = source.parts(images[:1].to(self.device).float() / 255)
+        self.bytes_per_image = sum(p[0].numel() * 2 for p in probe)
+        self.nbytes = self.bytes_per_image * len(images)
+        self.parts = self._compute() if self.nbytes <= budget else None
+
+    @property
+    def cached(self) -> bool:
+        return self.parts is not None
+
+    @torch.no_grad()
+    def _compute(self) -> list[torch.Tensor]:
+        chunks = [[p.half().cpu() for p in self.source.parts(self.images[s:s + self.batch].to(self.device).float()
+                                                             / 255)] for s in range(0, len(self.images), self.batch)]
+        return [torch.cat(level) for level in zip(*chunks)]
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Features [len(idx), C, h, w] (fp32, on the source's device) of images idx."""
+        if self.parts is None:
+            return self.source(self.images[idx].to(self.device).float() / 255).float()
+        return self.source.assemble([p[idx].to(self.device) for p in self.parts]).float()
+
+
+def eval_crops(images: torch.Tensor, landmarks: torch.Tensor, resize: int, crop: int):
+    """The regression protocol's input (DVE): uint8 images [N, 3, S, S] resized to `resize`, centre crop `crop`;
+    landmarks [N, K, 2] (pixel centres) moved with them."""
+    x = F.interpolate(images.float(), size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+    top = (resize - crop) // 2
+    x = x[..., top:top + crop, top:top + crop].round().clamp(0, 255).to(torch.uint8)
+    return x, (landmarks + 0.5) * (resize / images.shape[-1]) - 0.5 - top

@@ -1,0 +1,327 @@
+"""Stage 3: landmark regression on frozen features, the few-shot protocol, and its evaluation (Sec. 3.4, 4.2).
+
+    python regress.py --features_from runs/x/distill/final --output_dir runs/x/regress           # all labels
+    python regress.py --features_from runs/x/distill/final runs/x/byol/final random-resnet18 nmf:64 \\
+        --hypercolumn_from runs/x/byol/final --num_train 1 5 10 20 50 100 --seeds 3               # Table 5
+    accelerate launch regress.py ...                 # the runs (source x size x seed) are shared out
+
+For every feature source (a stage-2 or stage-1 final/, a Hub id, random-ARCH, pca:K / nmf:K of the
+--hypercolumn_from hypercolumn fitted on the training images), the frozen features of each image are computed
+once (kept in memory within --cache_gb), then for every --num_train and seed a LandmarkRegressor is trained on
+that many labelled training images, selected on the validation split and scored on the test split: % inter-
+ocular distance for faces, PCK for birds, beside the floor of predicting the training mean shape. Writes
+OUTPUT/results.json, results.md, predictions.png (test images: predicted filled, true as rings), fewshot.png
+(several --num_train), runs/ (one JSON per run: --resume skips them) and final/ (the first source's regressor on
+the most labels, seed 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common.cli import run
+from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.features import FeatureStore, eval_crops, load_source
+from common.metrics import EYES, inter_ocular, iod_error
+from common.models import LandmarkRegressor
+from common.training import make_accelerator, prepare_output, push_to_hub, save_args
+from common.viz import landmark_grid
+
+logger = logging.getLogger("lead")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Landmark regression on frozen features (stage 3)", parents=[data_args()])
+    g = parser.add_argument_group("Features")
+    g.add_argument("--features_from", nargs="+", required=True,
+                   help="one or more sources: stage-2/stage-1 final/ folders or Hub ids, random-ARCH, pca:K, nmf:K")
+    g.add_argument("--hypercolumn_from", default=None, help="the stage-1 model (or random-ARCH) pca:K / nmf:K reduce")
+    g.add_argument("--fit_rows", type=at_least(16), default=8192, help="hypercolumn vectors PCA / NMF are fitted on")
+    g.add_argument("--cache_gb", type=float, default=4.0, help="memory for cached features (beyond: on the fly)")
+    g.add_argument("--feature_batch", type=at_least(1), default=32, help="images per forward of the extractor")
+    g = parser.add_argument_group("Protocol")
+    g.add_argument("--resize", type=at_least(8), default=136, help="images are resized to this side ...")
+    g.add_argument("--crop", type=at_least(8), default=96, help="... and centre-cropped to this one (DVE)")
+    g.add_argument("--num_train", type=at_least(1), nargs="+", default=None,
+                   help="labelled training images per run (several: the few-shot curve); default all")
+    g.add_argument("--seeds", type=at_least(1), default=1, help="runs per --num_train, each on other images")
+    g.add_argument("--metric", default="auto", choices=["auto", "iod", "pck"], help="auto: pck for cub, else iod")
+    g.add_argument("--eye_idx", type=int, nargs=2, default=None, help="eye points for iod (default: 5 or 68 points)")
+    g.add_argument("--pck_alpha", type=float, default=0.05, help="PCK threshold as a share of the image side")
+    g = parser.add_argument_group("Regressor")
+    g.add_argument("--intermediate", type=at_least(1), default=50, help="virtual keypoints (heatmaps) per landmark")
+    g.add_argument("--shared_heatmaps", action="store_true", help="one set of --intermediate for all landmarks")
+    g.add_argument("--softargmax_mul", type=float, default=100.0, help="heatmap logits are scaled by this")
+    g.add_argument("--loss", default="l2", choices=["l2", "smooth_l1"])
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam (AMSGrad), as DVE")
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--batch_size", type=at_least(1), default=32)
+    g.add_argument("--epochs", type=at_least(1), default=50, help="passes over the labelled images ...")
+    g.add_argument("--min_steps", type=at_least(1), default=300, help="... but at least this many steps")
+    g.add_argument("--eval_every", type=at_least(1), default=100, help="steps between validation passes")
+    g = parser.add_argument_group("Run")
+    g.add_argument("--output_dir", default="runs/regress")
+    g.add_argument("--resume", action="store_true", help="keep the finished runs in OUTPUT/runs/, do the rest")
+    g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"], help="for the extractor")
+    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub")
+    g.add_argument("--hub_model_id", default=None)
+    return parser
+
+
+def load_eval_split(args, split: str) -> dict:
+    """A split as the protocol's crops: images uint8 [N, 3, crop, crop], landmarks [N, K, 2], visible [N, K]."""
+    cache = load_tensors(args, split)
+    if len(cache) == 0:
+        raise DataError(f"the {split} split is empty")
+    images, points = [], []
+    for s in range(0, len(cache), 256):                          # bounded memory on large sets
+        b = cache.batch(range(s, min(s + 256, len(cache))))
+        x, p = eval_crops(b["images"], b["landmarks"], args.resize, args.crop)
+        images.append(x), points.append(p)
+    return {"images": torch.cat(images), "landmarks": torch.cat(points),
+            "visible": torch.from_numpy(cache.visible[:]).bool()}
+
+
+def to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
+    return (2 * points + 1) / size - 1
+
+
+def to_pixels(unit: torch.Tensor, size: int) -> torch.Tensor:
+    return (unit + 1) * size / 2 - 0.5
+
+
+class Scorer:
+    """The protocol's error, lower is better: % inter-ocular distance per image, or 100 - PCK (in %)."""
+
+    def __init__(self, args, num_points: int):
+        self.metric = args.metric if args.metric != "auto" else "pck" if args.dataset == "cub" else "iod"
+        self.eyes = tuple(args.eye_idx) if args.eye_idx else None
+        if self.metric == "iod" and self.eyes is None and num_points not in EYES:
+            raise DataError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
+        self.threshold = args.pck_alpha * args.crop
+
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor) -> tuple[float, list[float]]:
+        """Mean error and the per-landmark errors of predictions [N, K, 2] (pixels)."""
+        dist = (pred - gt).norm(dim=-1)
+        if self.metric == "iod":
+            rel = torch.where(visible, 100 * dist / inter_ocular(gt, self.eyes)[:, None], float("nan"))
+            return iod_error(pred, gt, self.eyes, visible).nanmean().item(), rel.nanmean(0).tolist()
+        miss = torch.where(visible, (dist >= self.threshold).float(), float("nan"))
+        return 100 * miss.nanmean().item(), (100 * miss.nanmean(0)).tolist()
+
+
+def predict(reg: LandmarkRegressor, store: FeatureStore, size: int, batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        out = [reg(store(torch.arange(s, min(s + batch, len(store.images)))))[0]
+               for s in range(0, len(store.images), batch)]
+    return to_pixels(torch.cat(out).cpu(), size)
+
+
+def train_regressor(args, stores: dict, data: dict, idx: torch.Tensor, seed: int, scorer: Scorer, num_points: int):
+    """One run: a regressor trained on training images idx, the validation-best weights kept. Returns the
+    regressor and its record (validation curve, best step)."""
+    dev = stores["train"].device
+    torch.manual_seed(seed)
+    reg = LandmarkRegressor(stores["train"].source.dim, num_points, args.intermediate, args.softargmax_mul,
+                            args.shared_heatmaps).to(dev)
+    opt = torch.optim.Adam(reg.parameters(), lr=args.lr, weight_decay=args.weight_decay, amsgrad=True)
+    target = to_unit(data["train"]["landmarks"], args.crop).to(dev)
+    visible = data["train"]["visible"].to(dev)
+    batch = min(args.batch_size, len(idx))
+    per_epoch = math.ceil(len(idx) / batch)
+    steps = max(args.epochs * per_epoch, args.min_steps)
+    g = torch.Generator().manual_seed(seed)
+    best, curve, order = (math.inf, 0, None), [], torch.empty(0, dtype=torch.long)
+    for step in range(1, steps + 1):
+        if len(order) < batch:                                   # a new pass over the labelled images
+            order = torch.cat([order, idx[torch.randperm(len(idx), generator=g)]])
+        b, order = order[:batch], order[batch:]
+        pred, _ = reg(stores["train"](b))
+        vis = visible[b][..., None].float()
+        loss_fn = F.mse_loss if args.loss == "l2" else F.smooth_l1_loss
+        loss = (loss_fn(pred, target[b], reduction="none") * vis).sum() / vis.sum().clamp_min(1) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.eval_every == 0 or step == steps:         # model selection: validation only
+            val, _ = scorer(predict(reg, stores["val"], args.crop), data["val"]["landmarks"], data["val"]["visible"])
+            curve.append([step, val])
+            if val < best[0]:
+                best = (val, step, {k: v.detach().clone() for k, v in reg.state_dict().items()})
+    reg.load_state_dict(best[2])
+    return reg, {"val": best[0], "best_step": best[1], "steps": steps, "val_curve": curve}
+
+
+def mean_shape(data: dict, idx: torch.Tensor) -> torch.Tensor:
+    """The floor without features: every test image gets the mean shape of the labelled training images."""
+    lm, vis = data["train"]["landmarks"][idx], data["train"]["visible"][idx][..., None].float()
+    return (lm * vis).sum(0) / vis.sum(0).clamp_min(1)
+
+
+def plan(args, n_train: int) -> list[tuple[int, int, int]]:
+    """(source index, labelled images, seed) of every run; a size larger than the training split is cut to it."""
+    sizes = sorted({min(n, n_train) for n in args.num_train}) if args.num_train else [n_train]
+    return [(s, n, seed) for s in range(len(args.features_from)) for n in sizes for seed in range(args.seeds)]
+
+
+def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
+    """The feature source and its stores for the three splits, train first within the --cache_gb budget."""
+    t0 = time.perf_counter()
+    source = load_source(spec, args.hypercolumn_from, data["train"]["images"], args.fit_rows, device)
+    budget, stores = args.cache_gb * 2**30, {}
+    for split in ("train", "val", "test"):
+        stores[split] = FeatureStore(source, data[split]["images"], budget, args.feature_batch)
+        budget -= stores[split].nbytes if stores[split].cached else 0
+    info = {"features_from": spec, "name": source.name, "dim": source.dim,
+            "cached": {k: v.cached for k, v in stores.items()},
+            "cache_mb_per_image": stores["train"].bytes_per_image / 2**20, "features_s": time.perf_counter() - t0}
+    logger.info("%s: %s, %d-d, cached %s (%.2f MB per image), %.1f s", spec, source.name, source.dim,
+                info["cached"], info["cache_mb_per_image"], info["features_s"])
+    return stores, info
+
+
+def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, LandmarkRegressor, torch.Tensor]:
+    source, n, seed = task
+    # the labelled images depend on (seed, n) only: every source is trained on the same ones
+    idx = torch.randperm(len(data["train"]["images"]), generator=torch.Generator().manual_seed(
+        args.seed * 1_000_003 + seed))[:n]
+    t0 = time.perf_counter()
+    reg, record = train_regressor(args, stores, data, idx, args.seed * 1_000_003 + seed, scorer, num_points)
+    pred = predict(reg, stores["test"], args.crop)
+    test, per_point = scorer(pred, data["test"]["landmarks"], data["test"]["visible"])
+    floor, _ = scorer(mean_shape(data, idx).expand_as(pred), data["test"]["landmarks"], data["test"]["visible"])
+    record.update(source=source, num_train=n, seed=seed, test=test, per_landmark=per_point, mean_shape_test=floor,
+                  train_s=time.perf_counter() - t0)
+    logger.info("%s, %d labelled, seed %d: test %.2f (mean shape %.2f), validation %.2f at step %d",
+                args.features_from[source], n, seed, test, floor, record["val"], record["best_step"])
+    return record, reg, pred
+
+
+def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict, name: str):
+    """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels."""
+    reg.save_pretrained(out / "final")
+    (out / "final" / "README.md").write_text(
+        f"# LEAD stage 3: landmark regressor on {name} features\n\n"
+        f"- features: `{args.features_from[0]}` (frozen), inputs resized to {args.resize} and centre-cropped to "
+        f"{args.crop}\n- data: {json.dumps(describe(args, 'train'))}, {record['num_train']} labelled images\n"
+        f"- test error: {record['test']:.2f} (mean shape {record['mean_shape_test']:.2f})\n"
+        "- load: `LandmarkRegressor.from_pretrained(folder)`; `regressor(features)[0]` gives landmarks in "
+        "normalised coordinates\n")
+    k = min(16, len(pred))
+    landmark_grid(data["test"]["images"][:k].numpy(), pred[:k].numpy(), truth=data["test"]["landmarks"][:k].numpy(),
+                  cols=8, scale=3.0).save(out / "predictions.png")
+    if args.push_to_hub:
+        push_to_hub(out / "final", args.hub_model_id, "LEAD stage 3 (landmark regressor)")
+
+
+def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -> dict:
+    rows = []
+    for s, spec in enumerate(args.features_from):
+        for n in sorted({r["num_train"] for r in records}):
+            runs = [r for r in records if r["source"] == s and r["num_train"] == n]
+            test = torch.tensor([r["test"] for r in runs])
+            floor = torch.tensor([r["mean_shape_test"] for r in runs])
+            rows.append({"features_from": spec, **{k: infos.get(s, {}).get(k) for k in ("name", "dim")},
+                         "num_train": n, "runs": len(runs), "mean": test.mean().item(),
+                         "std": test.std().item() if len(runs) > 1 else 0.0, "mean_shape": floor.mean().item(),
+                         "per_landmark": torch.tensor([r["per_landmark"] for r in runs]).nanmean(0).tolist()})
+    return {"dataset": describe(args, "test"), "variant": args.variant, "metric": metric,
+            "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
+            "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [args.resize, args.crop],
+            "sources": infos, "summary": rows, "runs": records, "command": sys.argv}
+
+
+def write_reports(out: Path, results: dict) -> None:
+    rows = results["summary"]
+    sizes = sorted({r["num_train"] for r in rows})
+    names = list(dict.fromkeys((r["features_from"], r["name"], r["dim"]) for r in rows))
+
+    def cell(r):
+        return f"{r['mean']:.2f} ± {r['std']:.2f}" if r["runs"] > 1 else f"{r['mean']:.2f}"
+
+    lines = [f"Test error ({results['error']}), by labelled training images; model selection on validation.", "",
+             "| features | dim | " + " | ".join(map(str, sizes)) + " |", "| --- | --- |" + " --- |" * len(sizes)]
+    for spec, name, dim in names:
+        by_n = {r["num_train"]: r for r in rows if r["features_from"] == spec}
+        lines.append(f"| {name} (`{spec}`) | {dim} | " + " | ".join(cell(by_n[n]) for n in sizes) + " |")
+    floor = {r["num_train"]: r["mean_shape"] for r in rows}
+    lines.append("| mean shape (no features) | 0 | " + " | ".join(f"{floor[n]:.2f}" for n in sizes) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    if len(sizes) > 1:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for spec, name, _ in names:
+            rs = [r for r in rows if r["features_from"] == spec]
+            ax.errorbar([r["num_train"] for r in rs], [r["mean"] for r in rs], [r["std"] for r in rs], label=name,
+                        marker="o", capsize=3)
+        ax.plot(sizes, [floor[n] for n in sizes], "k--", label="mean shape")
+        ax.set(xscale="log", xlabel="labelled training images", ylabel=results["error"])
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "fewshot.png", dpi=120)
+        plt.close(fig)
+
+
+def main(args) -> dict:
+    out = Path(args.output_dir)
+    if args.push_to_hub and not args.hub_model_id:
+        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-regressor)")
+    if args.resize < args.crop:
+        raise DataError(f"--crop {args.crop} is larger than --resize {args.resize}")
+    accelerator = make_accelerator(args.mixed_precision, 1, "none", out)
+    if args.resume and not (out / "runs").is_dir():
+        raise DataError(f"{out}: nothing to resume (no runs/ folder)")
+    if not args.resume:
+        prepare_output(out, False, args.overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process and not args.resume:
+        save_args(args, out)
+    with accelerator.main_process_first():
+        data = {split: load_eval_split(args, split) for split in ("train", "val", "test")}
+    num_points = data["train"]["landmarks"].shape[1]
+    scorer = Scorer(args, num_points)
+    tasks = plan(args, len(data["train"]["images"]))
+    largest = max(t[1] for t in tasks)
+    stores, infos = {}, {}
+    for task in tasks[accelerator.process_index::accelerator.num_processes]:
+        path = out / "runs" / "{}-{}-{}.json".format(*task)
+        if args.resume and path.exists():
+            continue
+        if task[0] not in stores:                               # one source at a time: free the last one's cache
+            stores.clear()
+            with accelerator.autocast():
+                stores[task[0]], infos[task[0]] = build_stores(args, args.features_from[task[0]], data,
+                                                               accelerator.device)
+            (out / "runs" / f"source-{task[0]}.json").write_text(json.dumps(infos[task[0]], indent=1))
+        record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
+        path.write_text(json.dumps(record, indent=1))
+        if task == (0, largest, 0):
+            save_final(args, out, reg.cpu(), record, pred, data, infos[0]["name"])
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return {}
+    records = [json.loads((out / "runs" / "{}-{}-{}.json".format(*t)).read_text()) for t in tasks]
+    infos = {s: json.loads(p.read_text()) for s in range(len(args.features_from))
+             if (p := out / "runs" / f"source-{s}.json").exists()}
+    results = summarise(args, records, infos, data, scorer.metric)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_reports(out, results)
+    logger.info("results: %s\n%s", out / "results.json", (out / "results.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

@@ -1,0 +1,230 @@
+"""Stage 3: the regressor, the feature sources and their cache, the protocol's runs and files."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.decomposition import NMF, PCA
+
+import common.features as features
+import regress
+from common.data import DataError
+from common.features import (Compact, FeatureSource, FeatureStore, Hypercolumn, eval_crops, fit_nmf, fit_pca,
+                             load_source, nmf_project)
+from common.models import DenseExtractor, LandmarkRegressor, ResNetEncoder, soft_argmax
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["--features_from", "random-resnet18", "--num_images", "24", "--resize", "40", "--crop", "32", "--min_steps", "10", "--epochs", "1",
+        "--eval_every", "5", "--data_workers", "1", "--intermediate", "4"]
+
+
+def parse(*argv):
+    return regress.get_args_parser().parse_args(TINY + list(argv))
+
+
+# ------------------------------------------------------------------------------------------------ the regressor
+
+def test_soft_argmax_of_a_one_hot_map_is_that_cell_and_maps_to_its_pixel():
+    logits = torch.full((2, 3, 6, 8), -1e4)
+    cells = [(0, 0), (7, 5), (3, 2)]                                       # (x, y)
+    for j, (x, y) in enumerate(cells):
+        logits[:, j, y, x] = 0
+    unit = soft_argmax(logits)
+    # a map as large as the image: cell (x, y) is pixel (x, y)
+    assert torch.allclose(regress.to_pixels(unit[..., 0], 8), torch.tensor([[0.0, 7, 3]] * 2), atol=1e-4)
+    assert torch.allclose(regress.to_pixels(unit[..., 1], 6), torch.tensor([[0.0, 5, 2]] * 2), atol=1e-4)
+    flat = soft_argmax(torch.zeros(1, 1, 5, 5))                            # uniform: the centre
+    assert torch.allclose(flat, torch.zeros(1, 1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_regressor_starts_at_the_mean_of_its_virtual_keypoints(shared):
+    reg = LandmarkRegressor(8, num_points=3, intermediate=5, shared=shared)
+    points, virtual = reg(torch.randn(4, 8, 6, 6))
+    assert points.shape == (4, 3, 2) and virtual.shape == (4, 5 if shared else 15, 2)
+    groups = virtual[:, None] if shared else virtual.reshape(4, 3, 5, 2)
+    torch.testing.assert_close(points, groups.mean(2).expand(4, 3, 2))
+
+
+class BlobImages(FeatureSource):
+    """Features that encode position: the images themselves, whose channel k is a bright blob at landmark k."""
+
+    def __init__(self):
+        super().__init__("blobs", 3)
+        self.register_buffer("anchor", torch.zeros(1))
+
+    def parts(self, x):
+        return [x]
+
+
+def blobs(n: int, size: int, g: torch.Generator):
+    points = 4 + (size - 8) * torch.rand(n, 3, 2, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    d2 = (xx - points[..., 0, None, None]) ** 2 + (yy - points[..., 1, None, None]) ** 2     # [n, 3, S, S]
+    return (255 * torch.exp(-d2 / 4)).round().to(torch.uint8), points
+
+
+def test_regressor_recovers_landmarks_from_features_that_encode_them():
+    g = torch.Generator().manual_seed(0)
+    args = parse("--eye_idx", "0", "1", "--min_steps", "300", "--eval_every", "100", "--lr", "1e-2",
+                 "--softargmax_mul", "20")
+    data, stores = {}, {}
+    for split, n in (("train", 64), ("val", 16), ("test", 16)):
+        images, points = blobs(n, 32, g)
+        data[split] = {"images": images, "landmarks": points, "visible": torch.ones(n, 3, dtype=torch.bool)}
+        stores[split] = FeatureStore(BlobImages(), images, budget=2**30)
+    scorer = regress.Scorer(args, 3)
+    reg, record = regress.train_regressor(args, stores, data, torch.arange(64), 0, scorer, 3)
+    pred = regress.predict(reg, stores["test"], 32)
+    err = (pred - data["test"]["landmarks"]).norm(dim=-1)
+    floor = (data["test"]["landmarks"] - data["train"]["landmarks"].mean(0)).norm(dim=-1)
+    assert err.mean() < 0.5 and floor.mean() > 5                         # pixels at 32 px
+    curve = torch.tensor(record["val_curve"])
+    assert record["best_step"] == curve[curve[:, 1].argmin(), 0]          # selected on validation
+
+
+def test_scorer_per_landmark_errors_and_pck():
+    args = parse()
+    gt = torch.tensor([[[10.0, 10], [20, 10], [15, 15], [12, 20], [18, 20]]]).repeat(2, 1, 1)
+    pred = gt.clone()
+    pred[0, 2, 0] += 5                                                    # half an IOD off on the nose
+    pred[1, :, 1] += 1                                                    # every point 1 px (10 %) off
+    visible = torch.ones(2, 5, dtype=torch.bool)
+    mean, per_point = regress.Scorer(args, 5)(pred, gt, visible)
+    assert mean == pytest.approx((10 + 10) / 2)                           # image 0: 50/5 = 10 %; image 1: 10 %
+    assert per_point == pytest.approx([5, 5, 30, 5, 5])
+    args.metric, args.pck_alpha = "pck", 0.1                              # threshold 3.2 px at --crop 32
+    miss, per_point = regress.Scorer(args, 5)(pred, gt, visible)
+    assert miss == pytest.approx(10.0) and per_point == pytest.approx([0, 0, 50, 0, 0])
+    visible[0, 2] = False                                                 # the miss is not visible: not counted
+    assert regress.Scorer(args, 5)(pred, gt, visible)[0] == pytest.approx(0.0)
+    with pytest.raises(DataError, match="--eye_idx"):
+        regress.Scorer(parse(), 7)
+
+
+def test_eval_crops_move_the_landmarks_with_the_pixels():
+    images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    images[0, :, 40, 24] = 255                                            # a bright pixel at (24, 40)
+    crops, points = eval_crops(images, torch.tensor([[[24.0, 40.0]]]), resize=128, crop=96)
+    y, x = np.unravel_index(crops[0, 0].float().numpy().argmax(), (96, 96))
+    assert crops.shape == (1, 3, 96, 96) and crops.dtype == torch.uint8
+    assert abs(points[0, 0, 0].item() - x) <= 1 and abs(points[0, 0, 1].item() - y) <= 1
+
+
+# -------------------------------------------------------------------------------------------- feature sources
+
+def test_pca_matches_scikit_learn():
+    x = torch.randn(500, 20, dtype=torch.float64) @ torch.randn(20, 20, dtype=torch.float64)
+    mean, basis = fit_pca(x, 5)
+    ref = PCA(5).fit(x.numpy())
+    np.testing.assert_allclose(mean.numpy(), ref.mean_, atol=1e-10)
+    cos = (basis.numpy() * ref.components_).sum(1)                       # each direction up to its sign
+    np.testing.assert_allclose(np.abs(cos), 1, atol=1e-8)
+
+
+def test_nmf_reconstructs_as_well_as_scikit_learn_and_projects_non_negative_codes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 6, generator=g, dtype=torch.float64) @ torch.rand(6, 30, generator=g, dtype=torch.float64)
+    x += 0.01 * torch.rand(x.shape, generator=g, dtype=torch.float64)
+    h = fit_nmf(x, 6, iters=400)
+    w = nmf_project(x, h, iters=300)
+    assert (h >= 0).all() and (w >= 0).all()
+    ours = ((x - w @ h).norm() / x.norm()).item()
+    ref = NMF(6, init="random", random_state=0, max_iter=2000).fit(x.numpy())
+    theirs = np.linalg.norm(x.numpy() - ref.transform(x.numpy()) @ ref.components_) / np.linalg.norm(x.numpy())
+    assert ours < max(1.5 * theirs, 0.02)
+    with pytest.raises(ValueError, match="non-negative"):
+        fit_nmf(-x, 3)
+
+
+def test_load_source_tells_stage_1_from_stage_2_and_refuses_what_is_neither(tmp_path):
+    torch.manual_seed(0)
+    DenseExtractor("resnet18", feature_dim=16, fpn_width=16).save_pretrained(tmp_path / "s2")
+    ResNetEncoder("resnet18").save_pretrained(tmp_path / "s1")
+    s2, s1 = load_source(str(tmp_path / "s2")), load_source(str(tmp_path / "s1"))
+    assert isinstance(s2, Compact) and s2.dim == 16 and isinstance(s1, Hypercolumn) and s1.dim == 960
+    x = torch.rand(2, 3, 32, 32)
+    assert s2(x).shape == (2, 16, 8, 8) and s1(x).shape == (2, 960, 8, 8)
+    (tmp_path / "empty").mkdir()
+    for spec, msg in [(str(tmp_path / "empty"), "not a model folder"), ("random-vgg", "unknown architecture"),
+                      ("pca:0", "positive"), ("nmf:8", "--hypercolumn_from")]:
+        with pytest.raises(DataError, match=msg):
+            load_source(spec)
+    with pytest.raises(DataError, match="not a stage-1"):
+        load_source("pca:4", str(tmp_path / "s2"), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_store_gives_the_same_features_cached_or_not():
+    torch.manual_seed(0)
+    source = load_source("random-resnet18")
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    cached, live = FeatureStore(source, images, budget=2**30, batch=2), FeatureStore(source, images, budget=0)
+    assert cached.cached and not live.cached
+    # a hypercolumn keeps its per-layer maps (64*8*8 + 128*4*4 + 256*2*2 + 512*1*1 values), not 960*8*8
+    assert cached.bytes_per_image == 2 * (64 * 64 + 128 * 16 + 256 * 4 + 512)
+    idx = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(cached(idx), live(idx), atol=2e-2, rtol=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------- the script
+
+def test_runs_write_results_predictions_and_a_loadable_regressor(cache_dir, tmp_path, monkeypatch):
+    fitted = []
+    sample_rows = features.sample_rows
+    monkeypatch.setattr(features, "sample_rows", lambda src, images, *a, **k: fitted.append(images.clone())
+                        or sample_rows(src, images, *a, **k))
+    out = tmp_path / "run"
+    args = parse("--features_from", "random-resnet18", "pca:8", "--hypercolumn_from", "random-resnet18",
+                 "--num_train", "4", "100", "--seeds", "2", "--output_dir", str(out))
+    results = regress.main(args)
+    train = regress.load_eval_split(args, "train")["images"]
+    assert len(fitted) == 1 and torch.equal(fitted[0], train)            # PCA fitted on the training images
+    assert len(results["runs"]) == 2 * 2 * 2 and {r["num_train"] for r in results["runs"]} == {4, 24}
+    rows = {(r["name"], r["num_train"]): r for r in results["summary"]}
+    assert set(rows) == {("random-resnet18", 4), ("random-resnet18", 24), ("pca-8", 4), ("pca-8", 24)}
+    assert len(rows["pca-8", 4]["per_landmark"]) == 5 and results["splits"] == {"train": 24, "val": 24, "test": 24}
+    reloaded = json.loads((out / "results.json").read_text())
+    assert reloaded["summary"] == results["summary"]
+    assert "| mean shape (no features) |" in (out / "results.md").read_text()
+    assert Image.open(out / "predictions.png").size == (8 * 96, 2 * 96) and (out / "fewshot.png").is_file()
+    reg = LandmarkRegressor.from_pretrained(out / "final")
+    assert reg.num_points == 5 and reg.heatmaps.in_channels == 960
+    # --resume redoes only the missing runs
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("1-*.json")}
+    (out / "runs" / "0-4-1.json").unlink()
+    again = regress.main(parse(*args_list(args), "--resume"))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("1-*.json")} == stamps
+    assert again["summary"][0]["mean"] == pytest.approx(results["summary"][0]["mean"], abs=1e-6)
+
+
+def args_list(args) -> list[str]:
+    return ["--features_from", *args.features_from, "--hypercolumn_from", args.hypercolumn_from,
+            "--num_train", *map(str, args.num_train), "--seeds", str(args.seeds), "--output_dir", args.output_dir]
+
+
+def test_user_errors_are_one_line(cache_dir, tmp_path, capsys):
+    with pytest.raises(DataError, match="larger than --resize"):
+        regress.main(parse("--features_from", "random-resnet18", "--crop", "48", "--output_dir", str(tmp_path / "a")))
+    with pytest.raises(DataError, match="nothing to resume"):
+        regress.main(parse("--features_from", "random-resnet18", "--resume", "--output_dir", str(tmp_path / "b")))
+    with pytest.raises(DataError, match="no such folder"):
+        regress.main(parse("--features_from", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "c")))
+
+
+def test_two_processes_share_the_runs_and_agree_with_one(cache_dir, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    flags = ["--num_train", "4", "8", "--seeds", "2"]
+    one = regress.main(parse(*flags, "--output_dir", str(tmp_path / "one")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "regress.py", *TINY, *flags,
+           "--output_dir", str(tmp_path / "two")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [r["test"] for r in two["runs"]] == pytest.approx([r["test"] for r in one["runs"]], abs=1e-4)
+    bad = subprocess.run([sys.executable, "regress.py", "--features_from", str(tmp_path), "--output_dir",
+                          str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a model folder" in bad.stderr
