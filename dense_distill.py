@@ -49,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fpn_width", type=at_least(8), default=128, help="channels inside the FPN decoder")
     g.add_argument("--head_dim", type=int, default=256, help="projection head output width (0: no head, Table 3)")
     g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
+    g.add_argument("--keep_frozen", type=int, default=0, choices=range(5),
+                   help="with --unfreeze_encoder, the first N stages stay frozen (1: the stem, 2: and layer 1, ...)")
     g = parser.add_argument_group("Loss")
     g.add_argument("--objective", default="lead", choices=OBJECTIVES,
                    help="lead: the paper's distillation; dve: DVE's equivariance through an auxiliary image "
@@ -92,25 +94,30 @@ def load_teacher(source: str) -> ResNetEncoder:
 class Distiller(nn.Module):
     """The student Φ_D and its projection head g_D, trained against the frozen teacher's hypercolumn."""
 
-    def __init__(self, student: DenseExtractor, head_dim: int, freeze_encoder: bool):
+    def __init__(self, student: DenseExtractor, head_dim: int, frozen: int = 5):
         super().__init__()
-        self.student, self.freeze_encoder = student, freeze_encoder
+        self.student, self.frozen = student, frozen
         self.head = ConvHead(student.feature_dim, head_dim, head_dim) if head_dim else nn.Identity()
-        if freeze_encoder:
-            student.encoder.requires_grad_(False)
+        for stage in self.frozen_stages():
+            stage.requires_grad_(False)
         self.train()
+
+    def frozen_stages(self) -> list[nn.Module]:
+        """The first `frozen` of the encoder's stages (stem, layer 1-4): all five by default, as in the paper."""
+        enc = self.student.encoder
+        return [enc.stem, enc.layer1, enc.layer2, enc.layer3, enc.layer4][:self.frozen]
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.freeze_encoder:
-            self.student.encoder.eval()        # frozen: BatchNorm on its running statistics, as the teacher
+        for stage in self.frozen_stages():
+            stage.eval()                       # frozen: BatchNorm on its running statistics, as the teacher
         return self
 
     def forward(self, x: torch.Tensor, teacher_maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B, 3, S, S] and the teacher's layer maps of them -> the dense features [B, C, h, w] (what
         stage 2 hands on) and their projections [B, h*w, C_head] (what the LEAD loss sees). A frozen
         student encoder is the teacher, so its maps are the teacher's, computed once."""
-        maps = teacher_maps if self.freeze_encoder else self.student.encoder.layers(x)
+        maps = teacher_maps if self.frozen == 5 else self.student.encoder.layers(x)
         features = self.student.decoder(maps)
         return features, rearrange(self.head(features), "b c h w -> b (h w) c")
 
@@ -129,8 +136,8 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
 
 
 def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: float) -> torch.Tensor:
-    """DVE's loss between the two views (both directions), each matched through view 1 of the previous image
-    of the batch, another face. features: the two views stacked [2B, C, g, g]; p1, p2: the views' crops."""
+    """DVE's loss between the two views (both directions), each matched through the same view of the previous
+    image of the batch, another face. features: the two views stacked [2B, C, g, g]; p1, p2: the views' crops."""
     g = features.shape[-1]
     f1, f2 = rearrange(features, "b c h w -> b (h w) c").chunk(2)
     cells = cell_centres(g, features.device) * g / 2                     # normalised -> units of one cell
@@ -148,7 +155,8 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
     head_dim = args.head_dim if "lead" in args.objective else 0     # DVE alone trains the features themselves
-    model = Distiller(student, head_dim, not args.unfreeze_encoder).to(memory_format=torch.channels_last)
+    model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5)
+    model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay)
     total = args.max_steps or args.epochs * steps_per_epoch
@@ -162,9 +170,12 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
                                   accelerator.process_index, accelerator.num_processes)
     views = torch.cat([v1, v2])
     # the teacher outside the prepared model: Accelerate would cast its outputs, h included, to fp32
+    maps = h = None
     with accelerator.autocast(), torch.no_grad():
-        maps = teacher.layers(views)
-        h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c") if "lead" in args.objective else None
+        if "lead" in args.objective or not args.unfreeze_encoder:    # LEAD's target, or a frozen student's maps
+            maps = teacher.layers(views)
+        if "lead" in args.objective:
+            h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c")
     with accelerator.accumulate(model):
         with accelerator.autocast():
             features, f = model(views, maps)
@@ -200,7 +211,8 @@ def model_card(args, probe_result: dict, steps: int, teacher: ResNetEncoder) -> 
              "by `dense_distill.py` (the reference implementation of LEAD, WACV 2022).", "",
              f"- teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
              f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, views "
-             f"{args.crop_size} px, objective {args.objective}, pairs {args.pairs}, tau {args.tau}, head {args.head_dim}",
+             f"{args.crop_size} px, objective {args.objective}, pairs {args.pairs}, tau {args.tau}, "
+             f"head {args.head_dim if 'lead' in args.objective else 0}",
              "- load: `DenseExtractor.from_pretrained(folder)`; `model(images)` gives [B, C, H/4, W/4]", ""]
     if probe_result:
         lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
@@ -217,6 +229,8 @@ def main(args) -> dict:
     out = Path(args.output_dir)
     if args.push_to_hub and not args.hub_model_id:
         raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-64)")
+    if args.keep_frozen and not args.unfreeze_encoder:
+        raise DataError("--keep_frozen applies to a trained encoder: add --unfreeze_encoder")
     if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
         raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
     teacher = load_teacher(args.init_from)

@@ -17,9 +17,11 @@ the most labels, seed 0).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
-from common.features import FeatureStore, eval_crops, load_source
+from common.features import FeatureStore, check_source, eval_crops, load_source
 from common.metrics import EYES, inter_ocular, iod_error
 from common.models import LandmarkRegressor
 from common.training import make_accelerator, prepare_output, push_to_hub, save_args
@@ -72,7 +74,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="keep the finished runs in OUTPUT/runs/, do the rest")
     g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"], help="for the extractor")
     g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub")
     g.add_argument("--hub_model_id", default=None)
     return parser
@@ -83,13 +84,22 @@ def load_eval_split(args, split: str) -> dict:
     cache = load_tensors(args, split)
     if len(cache) == 0:
         raise DataError(f"the {split} split is empty")
-    images, points = [], []
+    parts = []
     for s in range(0, len(cache), 256):                          # bounded memory on large sets
         b = cache.batch(range(s, min(s + 256, len(cache))))
-        x, p = eval_crops(b["images"], b["landmarks"], args.resize, args.crop)
-        images.append(x), points.append(p)
-    return {"images": torch.cat(images), "landmarks": torch.cat(points),
-            "visible": torch.from_numpy(cache.visible[:]).bool()}
+        parts.append(eval_crops(b["images"], b["landmarks"], b["visible"], args.resize, args.crop))
+    return {k: torch.cat(v) for k, v in zip(("images", "landmarks", "visible"), zip(*parts))}
+
+
+def without_val(train: dict, val: dict) -> tuple[dict, int]:
+    """The training images minus those that are also validation images (AFLW, 300-W and CUB carve `val` out of
+    `train`, see common/data/readers.py), so that the model selected on `val` never trained on it."""
+    def digest(x):
+        return hashlib.sha1(x.numpy().tobytes()).digest()
+
+    seen = {digest(x) for x in val["images"]}
+    keep = torch.tensor([digest(x) not in seen for x in train["images"]])
+    return {k: v[keep] for k, v in train.items()}, int((~keep).sum())
 
 
 def to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,6 +116,8 @@ class Scorer:
     def __init__(self, args, num_points: int):
         self.metric = args.metric if args.metric != "auto" else "pck" if args.dataset == "cub" else "iod"
         self.eyes = tuple(args.eye_idx) if args.eye_idx else None
+        if self.eyes and not all(0 <= i < num_points for i in self.eyes):
+            raise DataError(f"--eye_idx {args.eye_idx[0]} {args.eye_idx[1]}: the data has points 0-{num_points - 1}")
         if self.metric == "iod" and self.eyes is None and num_points not in EYES:
             raise DataError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
         self.threshold = args.pck_alpha * args.crop
@@ -115,15 +127,20 @@ class Scorer:
         dist = (pred - gt).norm(dim=-1)
         if self.metric == "iod":
             rel = torch.where(visible, 100 * dist / inter_ocular(gt, self.eyes)[:, None], float("nan"))
-            return iod_error(pred, gt, self.eyes, visible).nanmean().item(), rel.nanmean(0).tolist()
+            return iod_error(pred, gt, self.eyes, visible).nanmean().item(), finite(rel.nanmean(0))
         miss = torch.where(visible, (dist >= self.threshold).float(), float("nan"))
-        return 100 * miss.nanmean().item(), (100 * miss.nanmean(0)).tolist()
+        return 100 * miss.nanmean().item(), finite(100 * miss.nanmean(0))
 
 
-def predict(reg: LandmarkRegressor, store: FeatureStore, size: int, batch: int = 256) -> torch.Tensor:
+def finite(values: torch.Tensor) -> list[float | None]:
+    """A list for JSON: None where a landmark was never visible (NaN is not JSON)."""
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
+def predict(reg: LandmarkRegressor, store: FeatureStore, size: int) -> torch.Tensor:
     with torch.no_grad():
-        out = [reg(store(torch.arange(s, min(s + batch, len(store.images)))))[0]
-               for s in range(0, len(store.images), batch)]
+        out = [reg(store(torch.arange(s, min(s + store.batch, len(store.images)))))[0]
+               for s in range(0, len(store.images), store.batch)]
     return to_pixels(torch.cat(out).cpu(), size)
 
 
@@ -218,7 +235,8 @@ def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torc
         "- load: `LandmarkRegressor.from_pretrained(folder)`; `regressor(features)[0]` gives landmarks in "
         "normalised coordinates\n")
     k = min(16, len(pred))
-    landmark_grid(data["test"]["images"][:k].numpy(), pred[:k].numpy(), truth=data["test"]["landmarks"][:k].numpy(),
+    truth = torch.where(data["test"]["visible"][..., None], data["test"]["landmarks"], float("nan"))
+    landmark_grid(data["test"]["images"][:k].numpy(), pred[:k].numpy(), truth=truth[:k].numpy(),
                   cols=8, scale=3.0).save(out / "predictions.png")
     if args.push_to_hub:
         push_to_hub(out / "final", args.hub_model_id, "LEAD stage 3 (landmark regressor)")
@@ -234,7 +252,8 @@ def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -
             rows.append({"features_from": spec, **{k: infos.get(s, {}).get(k) for k in ("name", "dim")},
                          "num_train": n, "runs": len(runs), "mean": test.mean().item(),
                          "std": test.std().item() if len(runs) > 1 else 0.0, "mean_shape": floor.mean().item(),
-                         "per_landmark": torch.tensor([r["per_landmark"] for r in runs]).nanmean(0).tolist()})
+                         "per_landmark": finite(torch.tensor([[math.nan if v is None else v for v in r["per_landmark"]]
+                                                              for r in runs]).nanmean(0))})
     return {"dataset": describe(args, "test"), "variant": args.variant, "metric": metric,
             "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
             "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [args.resize, args.crop],
@@ -274,23 +293,61 @@ def write_reports(out: Path, results: dict) -> None:
         plt.close(fig)
 
 
-def main(args) -> dict:
+# flags that change no result: a resumed run may change them (and --num_train / --seeds only add or drop runs)
+FREE_ON_RESUME = {"resume", "overwrite", "cache_gb", "feature_batch", "data_workers", "push_to_hub", "hub_model_id",
+                  "num_train", "seeds", "argv"}
+
+
+def check_args(args) -> None:
+    """Every user mistake that can be seen before any work, on every process, as one line."""
     out = Path(args.output_dir)
     if args.push_to_hub and not args.hub_model_id:
         raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-regressor)")
     if args.resize < args.crop:
         raise DataError(f"--crop {args.crop} is larger than --resize {args.resize}")
-    accelerator = make_accelerator(args.mixed_precision, 1, "none", out)
-    if args.resume and not (out / "runs").is_dir():
-        raise DataError(f"{out}: nothing to resume (no runs/ folder)")
+    for spec in args.features_from:
+        check_source(spec, args.hypercolumn_from)
+    if args.resume:
+        if not (out / "args.json").is_file():
+            raise DataError(f"{out}: nothing to resume (no args.json)")
+        before = json.loads((out / "args.json").read_text())
+        now = json.loads(json.dumps(vars(args), default=str))
+        changed = sorted(k for k in (now.keys() | before.keys()) - FREE_ON_RESUME if before.get(k) != now.get(k))
+        if changed:
+            raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
+                            "--output_dir, or --overwrite")
+
+
+def write_json(path: Path, obj) -> None:
+    """Written whole or not at all: a killed run never leaves half a file for --resume to read."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_data(args) -> dict:
+    data = {split: load_eval_split(args, split) for split in ("train", "val", "test")}
+    data["train"], dropped = without_val(data["train"], data["val"])
+    if dropped:
+        logger.info("%d training images are also validation images: left out of training", dropped)
+    if len(data["train"]["images"]) == 0:
+        raise DataError("no training image is left once the validation images are taken out")
+    return data
+
+
+def main(args) -> dict:
+    out = Path(args.output_dir)
+    check_args(args)
+    accelerator = make_accelerator("no", 1, "none", out)
     if not args.resume:
         prepare_output(out, False, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process and not args.resume:
-        save_args(args, out)
+    if accelerator.is_main_process:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            save_args(args, out)
     with accelerator.main_process_first():
-        data = {split: load_eval_split(args, split) for split in ("train", "val", "test")}
+        data = load_data(args)
     num_points = data["train"]["landmarks"].shape[1]
     scorer = Scorer(args, num_points)
     tasks = plan(args, len(data["train"]["images"]))
@@ -302,14 +359,13 @@ def main(args) -> dict:
             continue
         if task[0] not in stores:                               # one source at a time: free the last one's cache
             stores.clear()
-            with accelerator.autocast():
-                stores[task[0]], infos[task[0]] = build_stores(args, args.features_from[task[0]], data,
-                                                               accelerator.device)
-            (out / "runs" / f"source-{task[0]}.json").write_text(json.dumps(infos[task[0]], indent=1))
+            stores[task[0]], infos[task[0]] = build_stores(args, args.features_from[task[0]], data,
+                                                           accelerator.device)
+            write_json(out / "runs" / f"source-{task[0]}.json", infos[task[0]])
         record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
-        path.write_text(json.dumps(record, indent=1))
-        if task == (0, largest, 0):
+        if task == (0, largest, 0):                             # before the record: a resume would skip it
             save_final(args, out, reg.cpu(), record, pred, data, infos[0]["name"])
+        write_json(path, record)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
@@ -317,7 +373,7 @@ def main(args) -> dict:
     infos = {s: json.loads(p.read_text()) for s in range(len(args.features_from))
              if (p := out / "runs" / f"source-{s}.json").exists()}
     results = summarise(args, records, infos, data, scorer.metric)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     write_reports(out, results)
     logger.info("results: %s\n%s", out / "results.json", (out / "results.md").read_text())
     return results

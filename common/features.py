@@ -131,37 +131,59 @@ def _config(source: str) -> dict:
         raise DataError(f"{source}: no such folder, and not a reachable Hub model ({type(e).__name__})") from None
 
 
+def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
+    """The kind of a --features_from / --model value (compact, hypercolumn, random, pca, nmf) without loading
+    weights, so that a mistake fails before hours of work on the other sources; a one-line error otherwise."""
+    kind, _, k = spec.partition(":")
+    if kind in ("pca", "nmf"):
+        if not k.isdigit() or int(k) < 1:
+            raise DataError(f"{spec}: expected {kind}:K with K a positive number of components")
+        if hypercolumn_from is None:
+            raise DataError(f"{spec} reduces a stage-1 hypercolumn: give it with --hypercolumn_from")
+        if check_source(hypercolumn_from) not in ("hypercolumn", "random"):
+            raise DataError(f"--hypercolumn_from {hypercolumn_from}: not a stage-1 model or random-ARCH")
+        return kind
+    if spec.startswith("random-"):
+        if spec.removeprefix("random-") not in ARCHS:
+            raise DataError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
+        return "random"
+    config = _config(spec)
+    if "feature_dim" in config:
+        return "compact"
+    if "arch" in config:
+        return "hypercolumn"
+    raise DataError(f"{spec}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
+
+
 def load_model(source: str) -> FeatureSource:
     """A stage-2 final/ (compact features), a stage-1 final/ (hypercolumn), a Hub id of either, or random-ARCH."""
-    if source.startswith("random-"):
-        arch = source.removeprefix("random-")
-        if arch not in ARCHS:
-            raise DataError(f"{source}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
-        torch.manual_seed(0)                                  # torchvision's initialisation, a fixed draw
-        return Hypercolumn(ResNetEncoder(arch), source)
-    config = _config(source)
+    kind = check_source(source)
+    if kind == "random":
+        with torch.random.fork_rng(devices=[]):              # a fixed draw, the caller's random state untouched
+            torch.manual_seed(0)
+            return Hypercolumn(ResNetEncoder(source.removeprefix("random-")), source)
     try:
-        if "feature_dim" in config:
+        if kind == "compact":
             model = DenseExtractor.from_pretrained(source)
             return Compact(model, f"lead-{model.feature_dim}")
-        if "arch" in config:
-            enc = ResNetEncoder.from_pretrained(source)
-            return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
+        enc = ResNetEncoder.from_pretrained(source)
+        return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
     except Exception as e:                                    # a config that does not fit its weights
         raise DataError(f"{source}: cannot load the model ({type(e).__name__}: {e})") from None
-    raise DataError(f"{source}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
 
 
 @torch.no_grad()
-def sample_rows(source: FeatureSource, images: torch.Tensor, rows: int, batch: int = 32,
+def sample_rows(source: FeatureSource, images: torch.Tensor, rows: int, per_image: int = 16, batch: int = 32,
                 seed: int = 0) -> torch.Tensor:
-    """About `rows` feature vectors [M, C] drawn uniformly from the positions of `images` (uint8 [N, 3, S, S])."""
+    """`rows` feature vectors [rows, C] (fewer if the images have fewer positions), `per_image` random positions
+    from each of enough random images of `images` (uint8 [N, 3, S, S]), or more per image if they are few."""
     g = torch.Generator().manual_seed(seed)
-    per_image = max(1, -(-rows // len(images)))
+    per_image = max(per_image, -(-rows // len(images)))
+    chosen = images[torch.randperm(len(images), generator=g)[:-(-rows // per_image)]]
     out = []
-    for s in range(0, len(images), batch):
-        f = rearrange(source(images[s:s + batch].float() / 255).float(), "n c h w -> n (h w) c")
-        pick = torch.randint(f.shape[1], (len(f), per_image), generator=g)
+    for s in range(0, len(chosen), batch):
+        f = rearrange(source(chosen[s:s + batch].float() / 255).float(), "n c h w -> n (h w) c")
+        pick = torch.rand(len(f), f.shape[1], generator=g).argsort(1)[:, :per_image]     # distinct positions
         out.append(torch.gather(f, 1, pick[..., None].expand(-1, -1, f.shape[-1])).reshape(-1, f.shape[-1]))
     return torch.cat(out)[:rows]
 
@@ -171,15 +193,11 @@ def load_source(spec: str, hypercolumn_from: str | None = None, fit_images: torc
     """Any --features_from / --model value. pca:K and nmf:K reduce the hypercolumn of `hypercolumn_from`,
     fitted on `fit_images` (uint8, the evaluated data set's training images: never its test images)."""
     kind, _, k = spec.partition(":")
-    if kind not in ("pca", "nmf"):
+    if check_source(spec, hypercolumn_from) not in ("pca", "nmf"):
         return load_model(spec).to(device)
-    if not k.isdigit() or int(k) < 1:
-        raise DataError(f"{spec}: expected {kind}:K with K a positive number of components")
-    if hypercolumn_from is None or fit_images is None:
-        raise DataError(f"{spec} reduces a stage-1 hypercolumn: give it with --hypercolumn_from")
+    if fit_images is None:
+        raise DataError(f"{spec} is fitted on the evaluated data set's training images: none were given")
     base = load_model(hypercolumn_from).to(device)
-    if not isinstance(base, Hypercolumn):
-        raise DataError(f"--hypercolumn_from {hypercolumn_from}: not a stage-1 model or random-ARCH")
     x = sample_rows(base, fit_images.to(device), fit_rows)
     if int(k) > min(x.shape):
         raise DataError(f"{spec}: K is larger than the {x.shape[1]}-d hypercolumn or the {len(x)} fitted rows")
@@ -209,9 +227,14 @@ class FeatureStore:
 
     @torch.no_grad()
     def _compute(self) -> list[torch.Tensor]:
-        chunks = [[p.half().cpu() for p in self.source.parts(self.images[s:s + self.batch].to(self.device).float()
-                                                             / 255)] for s in range(0, len(self.images), self.batch)]
-        return [torch.cat(level) for level in zip(*chunks)]
+        parts = None                                             # filled in place: the budget is the peak
+        for s in range(0, len(self.images), self.batch):
+            new = self.source.parts(self.images[s:s + self.batch].to(self.device).float() / 255)
+            if parts is None:
+                parts = [torch.empty(len(self.images), *p.shape[1:], dtype=torch.float16) for p in new]
+            for whole, p in zip(parts, new):
+                whole[s:s + len(p)] = p.half().cpu()
+        return parts
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
@@ -221,10 +244,12 @@ class FeatureStore:
         return self.source.assemble([p[idx].to(self.device) for p in self.parts]).float()
 
 
-def eval_crops(images: torch.Tensor, landmarks: torch.Tensor, resize: int, crop: int):
+def eval_crops(images: torch.Tensor, landmarks: torch.Tensor, visible: torch.Tensor, resize: int, crop: int):
     """The regression protocol's input (DVE): uint8 images [N, 3, S, S] resized to `resize`, centre crop `crop`;
-    landmarks [N, K, 2] (pixel centres) moved with them."""
+    landmarks [N, K, 2] (pixel centres) moved with them, and points that fall outside the crop made invisible."""
     x = F.interpolate(images.float(), size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
     top = (resize - crop) // 2
     x = x[..., top:top + crop, top:top + crop].round().clamp(0, 255).to(torch.uint8)
-    return x, (landmarks + 0.5) * (resize / images.shape[-1]) - 0.5 - top
+    points = (landmarks + 0.5) * (resize / images.shape[-1]) - 0.5 - top
+    inside = ((points >= -0.5) & (points <= crop - 0.5)).all(-1)
+    return x, points, visible.bool() & inside

@@ -20,6 +20,8 @@ def draw_points(img: Image.Image, points, visible=None, scale: float = 1.0, radi
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     visible = np.ones(len(points), bool) if visible is None else np.asarray(visible, bool)
     for (x, y), vis, col in zip(points, visible, palette(len(points))):
+        if not np.isfinite([x, y]).all():                      # a point that is not there (e.g. invisible truth)
+            continue
         cx, cy = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         draw.ellipse(box, fill=col if vis else None, outline=(0, 0, 0) if vis else col)

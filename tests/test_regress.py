@@ -107,10 +107,12 @@ def test_scorer_per_landmark_errors_and_pck():
 def test_eval_crops_move_the_landmarks_with_the_pixels():
     images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     images[0, :, 40, 24] = 255                                            # a bright pixel at (24, 40)
-    crops, points = eval_crops(images, torch.tensor([[[24.0, 40.0]]]), resize=128, crop=96)
+    landmarks = torch.tensor([[[24.0, 40.0], [2.0, 30.0], [30.0, 63.0]]])     # the last two fall outside the crop
+    crops, points, visible = eval_crops(images, landmarks, torch.ones(1, 3, dtype=torch.bool), resize=128, crop=96)
     y, x = np.unravel_index(crops[0, 0].float().numpy().argmax(), (96, 96))
     assert crops.shape == (1, 3, 96, 96) and crops.dtype == torch.uint8
     assert abs(points[0, 0, 0].item() - x) <= 1 and abs(points[0, 0, 1].item() - y) <= 1
+    assert visible.tolist() == [[True, False, False]]
 
 
 # -------------------------------------------------------------------------------------------- feature sources
@@ -209,8 +211,16 @@ def test_user_errors_are_one_line(cache_dir, tmp_path, capsys):
         regress.main(parse("--features_from", "random-resnet18", "--crop", "48", "--output_dir", str(tmp_path / "a")))
     with pytest.raises(DataError, match="nothing to resume"):
         regress.main(parse("--features_from", "random-resnet18", "--resume", "--output_dir", str(tmp_path / "b")))
+    # a bad source fails before any work on the good ones
     with pytest.raises(DataError, match="no such folder"):
-        regress.main(parse("--features_from", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "c")))
+        regress.main(parse("--features_from", "random-resnet18", str(tmp_path / "missing"), "--output_dir",
+                           str(tmp_path / "c")))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(DataError, match="--eye_idx 0 9"):
+        regress.main(parse("--eye_idx", "0", "9", "--output_dir", str(tmp_path / "d")))
+    regress.main(parse("--output_dir", str(tmp_path / "e")))
+    with pytest.raises(DataError, match=r"other settings than .* \(lr\)"):
+        regress.main(parse("--output_dir", str(tmp_path / "e"), "--resume", "--lr", "0.1"))
 
 
 def test_two_processes_share_the_runs_and_agree_with_one(cache_dir, tmp_path):
@@ -228,3 +238,37 @@ def test_two_processes_share_the_runs_and_agree_with_one(cache_dir, tmp_path):
     bad = subprocess.run([sys.executable, "regress.py", "--features_from", str(tmp_path), "--output_dir",
                           str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a model folder" in bad.stderr
+
+
+def write_small_cub(root, n: int = 30, seed: int = 0) -> None:
+    """A CUB-200-2011 folder as its authors ship it, n images of a Passeroidea class (14), 15 parts each with
+    some invisible; about a third are test images (train_test_split.txt)."""
+    rng = np.random.default_rng(seed)
+    lines = {k: [] for k in ("images", "labels", "split", "parts")}
+    for i in range(1, n + 1):
+        rel = f"014.Class/bird_{i}.jpg"
+        (root / "images" / "014.Class").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "images" / rel)
+        lines["images"].append(f"{i} {rel}")
+        lines["labels"].append(f"{i} 14")
+        lines["split"].append(f"{i} {int(i % 3 != 0)}")
+        for p in range(1, 16):
+            vis = int(rng.random() > 0.2)
+            x, y = (rng.uniform(5, 59), rng.uniform(5, 43)) if vis else (0.0, 0.0)
+            lines["parts"].append(f"{i} {p} {x:.1f} {y:.1f} {vis}")
+    (root / "parts").mkdir(parents=True)
+    for name, key in (("images.txt", "images"), ("image_class_labels.txt", "labels"),
+                      ("train_test_split.txt", "split"), ("parts/part_locs.txt", "parts")):
+        (root / name).write_text("\n".join(lines[key]) + "\n")
+    (root / "classes.txt").write_text("".join(f"{c} {c:03d}.Class\n" for c in range(1, 201)))
+
+
+def test_cub_is_scored_by_pck_over_visible_parts(cache_dir, tmp_path):
+    write_small_cub(tmp_path / "cub")
+    out = tmp_path / "run"
+    results = regress.main(parse("--dataset", "cub", "--data_dir", str(tmp_path / "cub"), "--num_images", "100",
+                                 "--output_dir", str(out)))
+    assert results["metric"] == "pck" and "PCK" in results["error"]
+    assert results["splits"] == {"train": 18, "val": 2, "test": 10}
+    run = results["runs"][0]
+    assert len(run["per_landmark"]) == 15 and 0 <= run["test"] <= 100
