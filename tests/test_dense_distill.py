@@ -62,7 +62,8 @@ def test_unfreeze_encoder_trains_it(cache_dir, tmp_path, teacher):
     phi_g = load_file(teacher / "model.safetensors")
     assert not torch.equal(weights["encoder.layer1.0.conv1.weight"], phi_g["layer1.0.conv1.weight"])
     # --keep_frozen 2: the stem and layer 1 keep the teacher's weights and BatchNorm statistics, layer 2 trains
-    run(teacher, tmp_path / "part", "--max_steps", "2", "--probe_pairs", "0", "--unfreeze_encoder", "--keep_frozen", "2")
+    run(teacher, tmp_path / "part", "--max_steps", "2", "--probe_pairs", "0", "--unfreeze_encoder",
+        "--keep_frozen", "2")
     part = load_file(tmp_path / "part" / "final" / "model.safetensors")
     for key in ("stem.0.weight", "stem.1.running_mean", "layer1.1.bn2.running_var", "layer1.0.conv2.weight"):
         torch.testing.assert_close(part["encoder." + key], phi_g[key])

@@ -16,7 +16,8 @@ from common.features import (Compact, FeatureSource, FeatureStore, Hypercolumn, 
 from common.models import DenseExtractor, LandmarkRegressor, ResNetEncoder, soft_argmax
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY = ["--features_from", "random-resnet18", "--num_images", "24", "--resize", "40", "--crop", "32", "--min_steps", "10", "--epochs", "1",
+TINY = ["--features_from", "random-resnet18",
+        "--num_images", "24", "--resize", "40", "--crop", "32", "--min_steps", "10", "--epochs", "1",
         "--eval_every", "5", "--data_workers", "1", "--intermediate", "4"]
 
 
@@ -61,8 +62,9 @@ class BlobImages(FeatureSource):
 
 def blobs(n: int, size: int, g: torch.Generator):
     points = 4 + (size - 8) * torch.rand(n, 3, 2, generator=g)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
-    d2 = (xx - points[..., 0, None, None]) ** 2 + (yy - points[..., 1, None, None]) ** 2     # [n, 3, S, S]
+    axis = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    d2 = (xx - points[..., 0, None, None]) ** 2 + (yy - points[..., 1, None, None]) ** 2  # [n, 3, S, S]
     return (255 * torch.exp(-d2 / 4)).round().to(torch.uint8), points
 
 
