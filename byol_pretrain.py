@@ -135,7 +135,8 @@ def ema_pairs(model: BYOL, target: BYOL) -> tuple[list, list]:
 
 
 def new_encoder(args) -> ResNetEncoder:
-    return ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers, last_stride=args.last_stride)
+    return ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers, last_stride=args.last_stride,
+                         input_size=args.crop_size)
 
 
 def build(args, steps_per_epoch: int):

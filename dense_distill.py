@@ -152,6 +152,7 @@ def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: flo
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
+                             input_size=args.crop_size,
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
     head_dim = args.head_dim if "lead" in args.objective else 0     # DVE alone trains the features themselves

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-import datasets
 from rich.logging import RichHandler
 
-from .data.images import DataError
+from .imageio import DataError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -15,7 +15,9 @@ def setup_logging(level: int = logging.INFO) -> None:
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
     for noisy in ("datasets", "huggingface_hub", "fsspec", "filelock", "httpx", "httpcore", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    datasets.disable_progress_bars()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")    # read when (if) datasets is imported
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def run(main, parser) -> None:

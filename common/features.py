@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .data import DataError
+from .imageio import DataError
 from .models import DenseExtractor, ResNetEncoder
 
 logger = logging.getLogger("lead")
@@ -30,9 +30,9 @@ class FeatureSource(nn.Module):
     image (the compact map, or a hypercolumn's per-layer maps at their own resolution, 8x smaller than the
     upsampled hypercolumn), assemble(parts) the features [N, C, h, w]."""
 
-    def __init__(self, name: str, dim: int):
+    def __init__(self, name: str, dim: int, input_size: int = 96):
         super().__init__()
-        self.name, self.dim = name, dim
+        self.name, self.dim, self.input_size = name, dim, input_size      # the side the model was trained at
 
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -46,7 +46,7 @@ class FeatureSource(nn.Module):
 
 class Compact(FeatureSource):
     def __init__(self, model: DenseExtractor, name: str):
-        super().__init__(name, model.feature_dim)
+        super().__init__(name, model.feature_dim, model.input_size)
         self.model = model.eval().requires_grad_(False)
 
     def parts(self, x):
@@ -55,7 +55,7 @@ class Compact(FeatureSource):
 
 class Hypercolumn(FeatureSource):
     def __init__(self, encoder: ResNetEncoder, name: str):
-        super().__init__(name, encoder.hypercolumn_dim)
+        super().__init__(name, encoder.hypercolumn_dim, encoder.input_size)
         self.encoder = encoder.eval().requires_grad_(False)
 
     def parts(self, x):
@@ -69,7 +69,7 @@ class Reduced(FeatureSource):
     """A hypercolumn projected to k channels by PCA (mean [C], basis [k, C]) or NMF (basis [k, C] >= 0)."""
 
     def __init__(self, base: Hypercolumn, kind: str, basis: torch.Tensor, mean: torch.Tensor | None = None):
-        super().__init__(f"{kind}-{len(basis)}", len(basis))
+        super().__init__(f"{kind}-{len(basis)}", len(basis), base.input_size)
         self.base, self.kind = base, kind
         self.register_buffer("basis", basis)
         self.register_buffer("mean", mean if mean is not None else torch.zeros(basis.shape[1]))

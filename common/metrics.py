@@ -40,36 +40,44 @@ def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: float
     return hit.sum() / visible.bool().sum()
 
 
-def sample_at(features: torch.Tensor, points: torch.Tensor, image_size: int) -> torch.Tensor:
+def _hw(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def sample_at(features: torch.Tensor, points: torch.Tensor, image_size) -> torch.Tensor:
     """Bilinear feature vectors at pixel points of the input image: [N, C, h, w], [N, P, 2] -> [N, P, C].
-    The feature map covers the whole image (align_corners=False), whatever its stride."""
-    grid = (2 * points + 1) / image_size - 1
+    The feature map covers the whole image (align_corners=False), whatever its stride; image_size is the
+    image's side, or its (height, width)."""
+    h, w = _hw(image_size)
+    grid = (2 * points + 1) / points.new_tensor([w, h]) - 1
     out = F.grid_sample(features, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
     return rearrange(out, "n c p 1 -> n p c")
 
 
 @torch.no_grad()
 def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: torch.Tensor,
-          image_size: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+          image_size, chunk: int = 256, query_size=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry reference points to the query: the descriptor at each reference point, cosine similarity
     with the query's feature map upsampled (bilinearly) to the input resolution, arg-max.
     Returns query points [N, P, 2] and their cosine scores [N, P]. Channels are processed in chunks,
-    so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory."""
+    so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory. image_size is the
+    reference image's side or (height, width); query_size the query's (default: the same)."""
     n, c = query_features.shape[:2]
+    qh, qw = _hw(query_size or image_size)
     desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
-    dots = desc.new_zeros(n, image_size * image_size, ref_points.shape[1])
-    norm2 = desc.new_zeros(n, image_size * image_size, 1)
+    dots = desc.new_zeros(n, qh * qw, ref_points.shape[1])
+    norm2 = desc.new_zeros(n, qh * qw, 1)
     for a in range(0, c, chunk):
         # channels-last upsampling is ~10x faster on a CPU, and gives the [N, S*S, c] layout directly
         part = query_features[:, a:a + chunk].float().contiguous(memory_format=torch.channels_last)
-        up = F.interpolate(part, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        up = F.interpolate(part, size=(qh, qw), mode="bilinear", align_corners=False)
         up = rearrange(up, "n c h w -> n (h w) c")
         dots += up @ desc[..., a:a + chunk].transpose(1, 2)
         norm2 += (up * up).sum(-1, keepdim=True)
     dots, norm2 = dots.transpose(1, 2), norm2.transpose(1, 2)                             # [N, P, S*S]
     sim = dots / norm2.sqrt().clamp(min=1e-8)
     score, idx = sim.max(-1)
-    pts = torch.stack([idx % image_size, idx // image_size], -1).float()
+    pts = torch.stack([idx % qw, idx // qw], -1).float()
     return pts, score
 
 

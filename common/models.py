@@ -11,9 +11,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from einops import rearrange
 from huggingface_hub import PyTorchModelHubMixin
+
+from .resnet import ResNet
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -29,13 +30,14 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
     """
 
     def __init__(self, arch: str = "resnet50", normalize_layers: bool = True,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96):
         super().__init__()
+        self.input_size = input_size           # the side it was trained at (in config.json: match.py's default)
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
-        net = getattr(torchvision.models, arch)(weights=None)
+        net = ResNet(arch)                     # torchvision's, without importing torchvision (slow)
         if last_stride == 1:       # layer 4 at stride 16: twice its resolution (small inputs), 4x its cost
             first = net.layer4[0]
             (first.conv2 if hasattr(first, "bn3") else first.conv1).stride = (1, 1)
@@ -159,9 +161,9 @@ class DenseExtractor(nn.Module, PyTorchModelHubMixin):
     an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]."""
 
     def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96):
         super().__init__()
-        self.arch, self.feature_dim = arch, feature_dim
+        self.arch, self.feature_dim, self.input_size = arch, feature_dim, input_size
         self.encoder = ResNetEncoder(arch, mean=mean, std=std, last_stride=last_stride)
         self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim)
 

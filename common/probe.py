@@ -28,7 +28,7 @@ def _summary(err: torch.Tensor, floor: torch.Tensor, iod: torch.Tensor, name: st
     rel, rel_floor = 100 * err / iod[:, None], 100 * floor / iod[:, None]
     return {f"{name}_px": err.mean().item(), f"{name}_iod": rel.mean().item(),
             f"{name}_iod_median": rel.median().item(), f"{name}_miss": (rel > 100).float().mean().item(),
-            f"{name}_floor_iod": rel_floor.mean().item()}
+            f"{name}_floor_px": floor.mean().item(), f"{name}_floor_iod": rel_floor.mean().item()}
 
 
 @torch.no_grad()

@@ -47,3 +47,34 @@ def landmark_grid(images: np.ndarray, landmarks=None, visible=None, cols: int = 
             if landmarks is not None else tile.resize((tile_w, tile_h), Image.BICUBIC)
         grid.paste(tile, ((i % cols) * tile_w, (i // cols) * tile_h))
     return grid
+
+
+def match_picture(ref: Image.Image, query: Image.Image, ref_points, query_points, heat=None, heat_index=None,
+                  height: int = 256) -> Image.Image:
+    """Both images side by side at `height` px, matched points numbered in the same colour and joined by lines;
+    with `heat` (similarity [h, w] over the query at the model's resolution) the query is tinted by it, and
+    point `heat_index` alone is drawn (as the paper's Fig. 3)."""
+    sr, sq = height / ref.height, height / query.height
+    left = ref.resize((max(1, round(ref.width * sr)), height), Image.BICUBIC)
+    right = query.resize((max(1, round(query.width * sq)), height), Image.BICUBIC)
+    if heat is not None:
+        from matplotlib import colormaps
+        h = np.asarray(heat, dtype=np.float64)
+        h = (h - h.min()) / max(h.max() - h.min(), 1e-8)
+        tint = Image.fromarray((255 * colormaps["jet"](h)[..., :3]).astype(np.uint8)).resize(right.size, Image.BILINEAR)
+        right = Image.blend(right, tint, 0.5)
+    out = Image.new("RGB", (left.width + right.width, height), (255, 255, 255))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width, 0))
+    draw = ImageDraw.Draw(out)
+    idx = range(len(ref_points)) if heat_index is None else [heat_index]
+    colours = palette(len(ref_points))
+    for i in idx:
+        (x0, y0), (x1, y1) = ref_points[i], query_points[i]
+        a = ((x0 + 0.5) * sr - 0.5, (y0 + 0.5) * sr - 0.5)
+        b = ((x1 + 0.5) * sq - 0.5 + left.width, (y1 + 0.5) * sq - 0.5)
+        draw.line([a, b], fill=colours[i], width=1)
+        for cx, cy in (a, b):
+            draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colours[i], outline=(0, 0, 0))
+            draw.text((cx + 4, cy - 5), str(i), fill=colours[i])
+    return out

@@ -86,3 +86,21 @@ def test_byol_loss_values():
 def test_mlp_head_shapes():
     head = MLPHead(512, hidden=64, dim_out=16)
     assert head(torch.randn(4, 512)).shape == (4, 16)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_our_resnet_is_torchvisions_weight_for_weight_and_output_for_output(arch):
+    import torchvision
+    from common.resnet import ResNet
+    torch.manual_seed(0)
+    ours = ResNet(arch).eval()
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, arch)(weights=None).eval()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        y = ours.maxpool(ours.relu(ours.bn1(ours.conv1(x))))
+        for layer in (ours.layer1, ours.layer2, ours.layer3, ours.layer4):
+            y = layer(y)
+        torch.testing.assert_close(ours.fc(torch.flatten(ours.avgpool(y), 1)), theirs(x), rtol=0, atol=0)

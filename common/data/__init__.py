@@ -16,14 +16,28 @@ import hashlib
 import json
 from pathlib import Path
 
-import datasets
-from filelock import FileLock
+from typing import TYPE_CHECKING
 
-from . import readers, synthetic
-from .cache import TensorCache, build_from_dataset
-from .images import DataError
+from ..imageio import DataError
 
+if TYPE_CHECKING:
+    import datasets
+
+    from . import synthetic
+    from .cache import TensorCache
+
+# the readers, the synthetic faces and the cache import `datasets` (about a second): they load on first use, so
+# that tools which only parse these flags (match.py) start fast
 __all__ = ["DataError", "TensorCache", "data_args", "load_split", "load_tensors", "describe"]
+FORMATS = ("celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub", "imagefolder")   # readers.READERS' keys
+SYNTHETIC_SPLITS = {"pretrain": 5000, "train": 1000, "val": 300, "test": 500}
+
+
+def __getattr__(name: str):
+    if name == "TensorCache":
+        from .cache import TensorCache
+        return TensorCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 CACHE_VERSION = 1  # bump when a reader or the cache's crop/resize changes: it is part of the key
 
 
@@ -56,7 +70,7 @@ def data_args() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Data")
     g.add_argument("--dataset", default="synthetic",
                    help="synthetic (default, generated here), a format name with --data_dir "
-                        f"({', '.join(readers.READERS)}), a folder saved with datasets, or a Hub dataset id")
+                        f"({', '.join(FORMATS)}), a folder saved with datasets, or a Hub dataset id")
     g.add_argument("--data_dir", default=None, help="root folder of a --dataset format, as its authors ship it")
     g.add_argument("--variant", default="aligned", choices=["aligned", "unaligned"],
                    help="synthetic faces: aligned (MAFL/CelebA-like crops) or unaligned (AFLW_R-like, wider pose/scale)")
@@ -66,7 +80,7 @@ def data_args() -> argparse.ArgumentParser:
                    help="synthetic: 5 MAFL points or the 68 300-W points")
     g.add_argument("--image_size", type=at_least(32), default=128, help="synthetic render size and tensor-cache size")
     g.add_argument("--num_images", type=at_least(1), default=None,
-                   help=f"synthetic: images in the split (defaults {synthetic.SPLITS}); other sources: keep the first N")
+                   help=f"synthetic: images in the split (defaults {SYNTHETIC_SPLITS}); other sources: keep the first N")
     g.add_argument("--data_seed", type=int, default=0, help="synthetic: which faces (same seed, same bytes)")
     g.add_argument("--data_workers", type=at_least(1), default=2, help="processes that render synthetic faces")
     g.add_argument("--max_bad_frac", type=float, default=0.01,
@@ -75,6 +89,7 @@ def data_args() -> argparse.ArgumentParser:
 
 
 def synthetic_spec(args, split: str) -> synthetic.SyntheticSpec:
+    from . import synthetic
     if split not in synthetic.SPLITS:
         raise DataError(f"synthetic data has splits {list(synthetic.SPLITS)}, not {split!r}")
     return synthetic.SyntheticSpec(
@@ -84,6 +99,7 @@ def synthetic_spec(args, split: str) -> synthetic.SyntheticSpec:
 
 def load_split(args, split: str) -> datasets.Dataset:
     """One split of the selected source as a Dataset in the project's row format."""
+    from . import readers, synthetic
     if args.dataset == "synthetic":
         return synthetic.load(synthetic_spec(args, split), args.landmarks, args.data_workers)
     if args.dataset in readers.READERS:
@@ -111,6 +127,10 @@ def describe(args, split: str) -> dict:
 
 def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
     """The split's uint8 tensor cache at `size` (default --image_size), built on first use."""
+    from filelock import FileLock
+
+    from . import synthetic
+    from .cache import TensorCache, build_from_dataset
     size = size or args.image_size
     if args.dataset == "synthetic" and size == args.image_size:
         return synthetic.tensors(synthetic_spec(args, split), args.landmarks, args.data_workers)

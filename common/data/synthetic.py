@@ -26,12 +26,12 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
-from . import faces
+from . import SYNTHETIC_SPLITS, faces
 from .cache import TensorCache
 from .images import png_bytes
 
 logger = logging.getLogger("lead.data")
-SPLITS = {"pretrain": 5000, "train": 1000, "val": 300, "test": 500}
+SPLITS = SYNTHETIC_SPLITS
 SPLIT_SEED = {"pretrain": 0, "train": 1, "val": 2, "test": 3}
 IMAGES_PER_IDENTITY = 5
 BATCH = 32  # cache-friendly on a CPU; images do not depend on it

@@ -1,0 +1,219 @@
+"""Matching (Sec. 4.1, Table 1, Fig. 3-4): carry points from a reference image to a query image, or run the
+matching benchmark.
+
+    python match.py --ref a.jpg --query b.jpg --ref_points "30,40;60,40" --json out.json --out match.png
+    python match.py --ref a.jpg --query b.jpg --heatmap 0 --out fig3.png          # point 0's similarity map
+    python match.py --benchmark --model runs/x/distill/final runs/x/byol/final random-resnet18 nmf:64 \\
+        --hypercolumn_from runs/x/byol/final --pairs 500                            # Table 1 on the test split
+
+A point's descriptor is read at the point (bilinearly) in the reference's feature map; its match is the arg-max
+of the cosine similarity over the query's feature map upsampled to the input resolution (as ContrastLandmark).
+Images of any size and mode are converted to RGB (EXIF rotation applied) and resized so that the shorter side
+is the model's training size (its config.json, or --size); points are mapped back to each image's own pixels.
+Heavy modules are imported when needed: the two-image command spends most of its time importing torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+DEMO_MODEL = "runs/demo/distill/final"
+logger = logging.getLogger("lead")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from common.data import data_args                   # light: the data layer loads `datasets` only when used
+    parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()])
+    parser.add_argument("--model", nargs="+", default=None,
+                        help=f"stage-2 or stage-1 final/, Hub id, random-ARCH, pca:K, nmf:K (default {DEMO_MODEL})")
+    parser.add_argument("--hypercolumn_from", default=None, help="the stage-1 model that pca:K / nmf:K reduce")
+    parser.add_argument("--size", type=int, default=None, help="shorter side fed to the model (default: its own)")
+    g = parser.add_argument_group("Two images")
+    g.add_argument("--ref", help="reference image")
+    g.add_argument("--query", help="query image")
+    g.add_argument("--ref_points", default=None, help='points of the reference, "x,y;x,y" in its pixels')
+    g.add_argument("--ref_points_file", default=None, help="a JSON list of [x, y] in the reference's pixels")
+    g.add_argument("--grid", type=int, default=5, help="without points: a grid x grid lattice over the reference")
+    g.add_argument("--json", default=None, help="write ref_points, query_points, scores here")
+    g.add_argument("--out", default=None, help="draw the pair with the matches (PNG)")
+    g.add_argument("--heatmap", type=int, default=None, help="with --out: draw point I's similarity over the query")
+    g = parser.add_argument_group("Benchmark")
+    g.add_argument("--benchmark", action="store_true", help="run the matching benchmark instead")
+    g.add_argument("--pairs", type=int, default=500, help="pairs of each kind (same / different identity)")
+    g.add_argument("--split", default="test", help="data split of the benchmark")
+    g.add_argument("--output_dir", default="runs/matching", help="where matching.json goes")
+    g.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def fail(message: str):
+    from common.imageio import DataError
+    raise DataError(message)
+
+
+def read_points(args, width: int, height: int) -> list[list[float]]:
+    """The reference points in its pixels: --ref_points, --ref_points_file, or a centred grid."""
+    if args.ref_points and args.ref_points_file:
+        fail("give --ref_points or --ref_points_file, not both")
+    if args.ref_points:
+        try:
+            points = [[float(v) for v in p.split(",")] for p in args.ref_points.strip().strip(";").split(";")]
+        except ValueError:
+            fail(f'--ref_points {args.ref_points!r}: expected "x,y;x,y"')
+    elif args.ref_points_file:
+        try:
+            points = json.loads(Path(args.ref_points_file).read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--ref_points_file {args.ref_points_file}: cannot read a JSON list of [x, y] ({type(e).__name__})")
+    else:
+        ticks = [(0.2 + 0.6 * i / max(args.grid - 1, 1)) for i in range(args.grid)]
+        return [[t * width - 0.5, u * height - 0.5] for u in ticks for t in ticks]
+    if not isinstance(points, list) or not points or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in points):
+        fail("the reference points must be a non-empty list of [x, y] pairs")
+    for x, y in points:
+        if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+            fail(f"point ({x:g}, {y:g}) is outside the reference image ({width} x {height})")
+    return points
+
+
+def load_image(path: str):
+    from common.imageio import BadImage, open_rgb
+    if path is None:
+        fail("two-image matching needs --ref and --query (or --benchmark)")
+    try:
+        return open_rgb(path, exif=True)
+    except BadImage as e:
+        fail(f"{path}: {e}")
+
+
+def to_model(image, side: int):
+    """An RGB image as a model input [1, 3, h, w] in [0, 1] with min(h, w) = side, and the (x, y) scale."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    w, h = image.size
+    s = side / min(w, h)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x, (size[1] / w, size[0] / h)
+
+
+def resolve_model(args) -> list[str]:
+    if args.model:
+        return args.model
+    if not (Path(DEMO_MODEL) / "config.json").is_file():
+        fail(f"no --model given, and the demo's model {DEMO_MODEL} does not exist: run `bash demo.sh` first, "
+             "or pass --model (a stage-2 or stage-1 final/ folder or a Hub id)")
+    return [DEMO_MODEL]
+
+
+def match_two(args) -> dict:
+    """The two-image command; returns (and writes with --json) the points in each image's own pixels."""
+    import time
+    spec = resolve_model(args)[0]
+    ref, query = load_image(args.ref), load_image(args.query)
+    points = read_points(args, *ref.size)
+    if args.heatmap is not None and not 0 <= args.heatmap < len(points):
+        fail(f"--heatmap {args.heatmap}: there are {len(points)} points (0-{len(points) - 1})")
+    import torch
+    from common.features import check_source, load_source
+    if check_source(spec, args.hypercolumn_from) in ("pca", "nmf"):
+        fail(f"{spec}: pca / nmf need training images; use them in --benchmark")
+    source = load_source(spec)
+    t0 = time.perf_counter()
+    side = args.size or source.input_size
+    (xr, sr), (xq, sq) = to_model(ref, side), to_model(query, side)
+    pts = torch.tensor(points, dtype=torch.float32)
+    ref_model = (pts + 0.5) * torch.tensor(sr) - 0.5
+    from common.metrics import match
+    with torch.no_grad():
+        fr, fq = source(xr), source(xq)
+    q_model, scores = match(fr, fq, ref_model[None], xr.shape[-2:], query_size=xq.shape[-2:])
+    q_pts = (q_model[0] + 0.5) / torch.tensor(sq) - 0.5
+    result = {"model": spec, "input_size": side, "ref": args.ref, "query": args.query, "ref_points": points,
+              "query_points": q_pts.tolist(), "scores": scores[0].tolist()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    result["seconds_model_to_json"] = time.perf_counter() - t0
+    if args.out:
+        t1 = time.perf_counter()
+        heat = heatmap(fr, fq, ref_model[args.heatmap], xr.shape[-2:], xq.shape[-2:]) \
+            if args.heatmap is not None else None
+        from common.viz import match_picture
+        match_picture(ref, query, points, result["query_points"], heat, args.heatmap).save(args.out)
+        result["seconds_picture"] = time.perf_counter() - t1
+    return result
+
+
+def heatmap(fr, fq, point, ref_hw, query_hw):
+    """Cosine similarity [h, w] of one reference point's descriptor with every position of the query (upsampled)."""
+    import torch.nn.functional as F
+    from common.metrics import sample_at
+    desc = F.normalize(sample_at(fr.float(), point[None, None], ref_hw)[0, 0], dim=0)
+    up = F.normalize(F.interpolate(fq.float(), size=tuple(query_hw), mode="bilinear", align_corners=False)[0], dim=0)
+    return (desc[:, None, None] * up).sum(0)
+
+
+def benchmark(args) -> dict:
+    """Table 1: same- and different-identity matching of every model on --pairs pairs of each kind."""
+    import numpy as np
+    import torch
+    from common.data import load_tensors
+    from common.features import check_source, load_source
+    from common.probe import probe_all
+    specs = resolve_model(args)
+    for spec in specs:
+        check_source(spec, args.hypercolumn_from)
+    cache = load_tensors(args, args.split)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = {args.size} if args.size else set()
+    models, dims = {}, {}
+    for spec in specs:
+        fit = None
+        if spec.split(":")[0] in ("pca", "nmf"):
+            train = load_tensors(args, "train")
+            fit = torch.from_numpy(np.array(train.images[:min(len(train), 1000)]))     # PCA / NMF fit on train
+        source = load_source(spec, args.hypercolumn_from, fit)
+        models[source.name if source.name not in models else spec], dims[spec] = source.to(device), source.dim
+        sizes.add(args.size or source.input_size)
+    size = max(sizes)                                   # one size for all, so that the pixel columns compare
+    results = probe_all({n: (lambda x, s=s: s(x.to(device)).float().cpu()) for n, s in models.items()}, cache, size,
+                        args.pairs, args.seed)
+    table = {"size": size, "pairs": args.pairs, "split": args.split, "models": [
+        {"name": n, "model": spec, "dim": dims[spec], **r} for (n, r), spec in zip(results.items(), specs)]}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matching.json").write_text(json.dumps(table, indent=1))
+    logger.info("matching (%d pairs of each kind, %d px, %s split) -> %s\n%s", args.pairs, size, args.split,
+                out / "matching.json", markdown(table))
+    return table
+
+
+def markdown(table: dict) -> str:
+    rows = table["models"]
+    lines = ["| features | dim | same id. px | same id. % IOD | different id. px | different id. % IOD | "
+             "astronaut px |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['name']} | {r['dim']} | {r['same_px']:.2f} | {r['same_iod']:.1f} | {r['diff_px']:.2f} | "
+              f"{r['diff_iod']:.1f} | {r['photo_px']:.2f} |" for r in rows]
+    f = rows[0]
+    lines.append(f"| points left in place | 0 | {f['same_floor_px']:.2f} | {f['same_floor_iod']:.1f} | "
+                 f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | {f['photo_floor_px']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(args) -> dict:
+    if args.benchmark:
+        return benchmark(args)
+    result = match_two(args)
+    logger.info("%d points matched in %.2f s from the loaded model%s", len(result["ref_points"]),
+                result["seconds_model_to_json"], f" -> {args.json}" if args.json else "")
+    return result
+
+
+if __name__ == "__main__":
+    from common.cli import run
+    run(main, get_args_parser())
