@@ -31,8 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hypercolumn_from", default=None, help="the stage-1 model that pca:K / nmf:K reduce")
     parser.add_argument("--size", type=int, default=None, help="shorter side fed to the model (default: its own)")
     g = parser.add_argument_group("Two images")
-    g.add_argument("--ref", help="reference image")
-    g.add_argument("--query", help="query image")
+    g.add_argument("--ref", help="reference image, or SPLIT:INDEX of --dataset (its landmarks are the points)")
+    g.add_argument("--query", help="query image, or SPLIT:INDEX of --dataset")
     g.add_argument("--ref_points", default=None, help='points of the reference, "x,y;x,y" in its pixels')
     g.add_argument("--ref_points_file", default=None, help="a JSON list of [x, y] in the reference's pixels")
     g.add_argument("--grid", type=int, default=5, help="without points: a grid x grid lattice over the reference")
@@ -79,12 +79,25 @@ def read_points(args, width: int, height: int) -> list[list[float]]:
     return points
 
 
-def load_image(path: str):
+def load_image(args, path: str):
+    """An image file (RGB, EXIF rotation applied), or SPLIT:INDEX, a row of --dataset at its cache size with
+    its landmarks. Returns (image, landmarks or None)."""
     from common.imageio import BadImage, open_rgb
     if path is None:
         fail("two-image matching needs --ref and --query (or --benchmark)")
+    split, _, index = path.rpartition(":")
+    if split in ("pretrain", "train", "val", "test") and index.isdigit() and not Path(path).exists():
+        from PIL import Image
+
+        from common.data import load_tensors
+        cache = load_tensors(args, split)
+        if int(index) >= len(cache):
+            fail(f"{path}: the {split} split has {len(cache)} images")
+        row = cache.batch([int(index)])
+        visible = row["visible"][0].bool()
+        return Image.fromarray(row["images"][0].permute(1, 2, 0).numpy()), row["landmarks"][0][visible].tolist()
     try:
-        return open_rgb(path, exif=True)
+        return open_rgb(path, exif=True), None
     except BadImage as e:
         fail(f"{path}: {e}")
 
@@ -115,8 +128,8 @@ def match_two(args) -> dict:
     """The two-image command; returns (and writes with --json) the points in each image's own pixels."""
     import time
     spec = resolve_model(args)[0]
-    ref, query = load_image(args.ref), load_image(args.query)
-    points = read_points(args, *ref.size)
+    (ref, landmarks), (query, _) = load_image(args, args.ref), load_image(args, args.query)
+    points = landmarks if landmarks and not (args.ref_points or args.ref_points_file) else read_points(args, *ref.size)
     if args.heatmap is not None and not 0 <= args.heatmap < len(points):
         fail(f"--heatmap {args.heatmap}: there are {len(points)} points (0-{len(points) - 1})")
     import torch

@@ -146,3 +146,28 @@ def test_benchmark_writes_a_table_of_every_model(cache_dir, tmp_path, models):
     assert [r["name"] for r in saved["models"]] == ["lead-16", "random-resnet18", "pca-8"]
     assert [r["dim"] for r in saved["models"]] == [16, 960, 8] and saved["size"] == 96
     assert all(r["same_floor_iod"] > 0 and r["same_px"] >= 0 for r in saved["models"]) and out == saved
+
+
+def test_exif_rotated_photo_is_matched_in_its_displayed_frame(tmp_path, models):
+    upright = texture(64, 96, seed=3)                                      # displayed: 96 wide, 64 high
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)    # stored on its side, 64 x 96
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                       # "rotate 90 CW to display"
+    stored.save(tmp_path / "rotated.jpg", exif=exif, quality=100, subsampling=0)
+    points = [[20, 15], [70, 40]]
+    out = run("--model", models / "s1", "--size", "64", "--ref", tmp_path / "upright.png", "--query",
+              tmp_path / "rotated.jpg", "--ref_points", ";".join(f"{x},{y}" for x, y in points))
+    assert np.abs(np.array(out["query_points"]) - np.array(points)).max() <= 2.0
+
+
+def test_a_dataset_row_brings_its_landmarks(cache_dir, tmp_path, models):
+    flags = ["--num_images", "4", "--image_size", "64", "--data_workers", "1"]
+    out = run("--model", models / "s2", "--ref", "test:1", "--query", "test:1", *flags, "--json", tmp_path / "m.json")
+    from common.data import load_tensors
+    args = match.get_args_parser().parse_args(flags)
+    truth = load_tensors(args, "test").landmarks[1]
+    np.testing.assert_allclose(out["ref_points"], truth, atol=1e-5)
+    assert np.abs(np.array(out["query_points"]) - truth).max() <= 1.0 + 1e-4        # the same image: one pixel
+    with pytest.raises(DataError, match="has 4 images"):
+        run("--model", models / "s2", "--ref", "test:9", "--query", "test:1", *flags)
