@@ -173,31 +173,29 @@ def heatmap(fr, fq, point, ref_hw, query_hw):
 
 def benchmark(args) -> dict:
     """Table 1: same- and different-identity matching of every model on --pairs pairs of each kind."""
-    import numpy as np
     import torch
+    import torch.nn.functional as F
     from common.data import load_tensors
-    from common.features import check_source, load_source
+    from common.features import check_source, load_model, load_source
     from common.probe import probe_all
     specs = resolve_model(args)
-    for spec in specs:
-        check_source(spec, args.hypercolumn_from)
-    cache = load_tensors(args, args.split)
+    reduced = [check_source(spec, args.hypercolumn_from) in ("pca", "nmf") for spec in specs]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sizes = {args.size} if args.size else set()
-    models, dims = {}, {}
-    for spec in specs:
-        fit = None
-        if spec.split(":")[0] in ("pca", "nmf"):
-            train = load_tensors(args, "train")
-            fit = torch.from_numpy(np.array(train.images[:min(len(train), 1000)]))     # PCA / NMF fit on train
-        source = load_source(spec, args.hypercolumn_from, fit)
-        models[source.name if source.name not in models else spec], dims[spec] = source.to(device), source.dim
-        sizes.add(args.size or source.input_size)
-    size = max(sizes)                                   # one size for all, so that the pixel columns compare
-    results = probe_all({n: (lambda x, s=s: s(x.to(device)).float().cpu()) for n, s in models.items()}, cache, size,
-                        args.pairs, args.seed)
+    sources = {spec: load_source(spec).to(device) for spec, r in zip(specs, reduced) if not r}
+    owners = list(sources.values()) + ([load_model(args.hypercolumn_from)] if any(reduced) else [])
+    size = args.size or max(s.input_size for s in owners)     # one size for all: the pixel columns compare
+    if any(reduced):                                          # PCA / NMF fitted on training images at that size
+        train = load_tensors(args, "train")
+        fit = torch.from_numpy(train.images[:min(len(train), 1000)].copy()).float()
+        fit = F.interpolate(fit, size=(size, size), mode="area").round().to(torch.uint8)
+        sources.update({spec: load_source(spec, args.hypercolumn_from, fit).to(device)
+                        for spec, r in zip(specs, reduced) if r})
+    names = [sources[spec].name for spec in specs]
+    names = [n if names.count(n) == 1 else spec for n, spec in zip(names, specs)]   # two of a kind: their paths
+    results = probe_all({n: (lambda x, s=sources[spec]: s(x.to(device)).float().cpu()) for n, spec in
+                         zip(names, specs)}, load_tensors(args, args.split), size, args.pairs, args.seed)
     table = {"size": size, "pairs": args.pairs, "split": args.split, "models": [
-        {"name": n, "model": spec, "dim": dims[spec], **r} for (n, r), spec in zip(results.items(), specs)]}
+        {"name": n, "model": spec, "dim": sources[spec].dim, **results[n]} for n, spec in zip(names, specs)]}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "matching.json").write_text(json.dumps(table, indent=1))
