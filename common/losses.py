@@ -76,7 +76,7 @@ def auto_chunk(batch: int, n: int, budget_bytes: int = 2**30) -> int | None:
 
 def dve_loss(f1: torch.Tensor, f2: torch.Tensor, fa: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
              cells: torch.Tensor, tau: float = 0.05, power: float = 0.5) -> torch.Tensor:
-    """Dense visual equivariance with vector exchange (DVE, Thewlis et al. 2019, Eq. 5): each position u of
+    """Dense visual equivariance with vector exchange (DVE, Thewlis et al. 2019): each position u of
     view 1 is first described by the features of an auxiliary image (another identity): the soft-match of
     f1(u) over fa's positions gives a convex mix of fa's vectors; that mix is then soft-matched over view 2,
     and the loss is the expected distance^power between the matched position and where u truly lies in view
