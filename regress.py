@@ -281,9 +281,11 @@ def write_reports(out: Path, results: dict) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        labels = [n for _, n, _ in names]
         for spec, name, _ in names:
             rs = [r for r in rows if r["features_from"] == spec]
-            ax.errorbar([r["num_train"] for r in rs], [r["mean"] for r in rs], [r["std"] for r in rs], label=name,
+            label = name if labels.count(name) == 1 else f"{name} ({spec})"      # two of a kind: their sources
+            ax.errorbar([r["num_train"] for r in rs], [r["mean"] for r in rs], [r["std"] for r in rs], label=label,
                         marker="o", capsize=3)
         ax.plot(sizes, [floor[n] for n in sizes], "k--", label="mean shape")
         ax.set(xscale="log", xlabel="labelled training images", ylabel=results["error"])
