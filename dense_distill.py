@@ -14,7 +14,6 @@ config.json, model.safetensors, README.md), checkpoints/, args.json and metrics.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from einops import rearrange
 from common.augment import cell_centres, make_views, view_configs, view_correspondence
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.features import check_source, load_model
 from common.losses import auto_chunk, dve_loss, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.probe import probe_all, probe_line
@@ -77,18 +77,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def load_teacher(source: str) -> ResNetEncoder:
-    """Φ_G from a stage-1 final/ (or Hub id); anything else is a one-line error."""
-    config = Path(source) / "config.json"
-    if Path(source).exists():
-        if not config.is_file() or not (Path(source) / "model.safetensors").is_file():
-            raise DataError(f"--init_from {source}: not a stage-1 model (needs config.json and model.safetensors)")
-        keys = set(json.loads(config.read_text()))
-        if "feature_dim" in keys or "arch" not in keys:
-            raise DataError(f"--init_from {source}: not a stage-1 model (config.json has {sorted(keys)})")
+    """Φ_G from a stage-1 final/ (or Hub id); anything else is a one-line error (common.features decides)."""
     try:
-        return ResNetEncoder.from_pretrained(source)
-    except Exception as e:   # a Hub id that cannot be fetched, a corrupt file
-        raise DataError(f"--init_from {source}: cannot load a stage-1 model ({type(e).__name__}: {e})") from None
+        kind = check_source(source)
+    except DataError as e:
+        raise DataError(f"--init_from {source}: not a stage-1 model ({e})") from None
+    if kind != "hypercolumn":
+        raise DataError(f"--init_from {source}: not a stage-1 model (a {kind} model)")
+    return load_model(source).encoder
 
 
 class Distiller(nn.Module):
