@@ -24,10 +24,12 @@ from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
-from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.data import at_least, data_args, load_tensors
 from common.losses import byol_loss, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
-from common.probe import probe_all, probe_line
+from common.hub import check_hub, data_line, model_ref
+from common.hub import model_card as hub_card
+from common.probe import probe_all, probe_line, probe_table
 from common.training import (LARS, Counter, Reporter, check_batch, checkpoint_dirs, ema_momentum, ema_update,
                              eval_mode, lars_groups, local_batch, make_accelerator, prepare_output, run_args,
                              save_args, save_checkpoint, save_final, warmup_cosine)
@@ -197,26 +199,25 @@ def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
 
 
 def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
-    lines = [f"# LEAD stage 1: BYOL {args.arch}", "", "Instance-level encoder Φ_G, trained with BYOL by "
-             "`byol_pretrain.py` (the reference implementation of LEAD, WACV 2022).", "",
-             f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, "
-             f"views {args.crop_size} px, optimizer {args.optimizer} lr {args.lr} (per 256)",
-             "- load: `ResNetEncoder.from_pretrained(folder)`; `hypercolumn(images)` gives the dense features", ""]
-    if probe_result:
-        lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
-                  "| --- | --- | --- | --- |"]
-        for name, r in probe_result.items():
-            lines.append(f"| {name} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |")
-        r = next(iter(probe_result.values()))
-        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
-                     f"{r['photo_floor_px']:.2f} |")
-    return "\n".join(lines) + "\n"
+    ref = model_ref(args, out)
+    return hub_card(
+        f"LEAD stage 1: {args.objective} {args.arch}",
+        f"The instance-level encoder Φ_G of LEAD (WACV 2022), trained by `byol_pretrain.py` with the "
+        f"`{args.objective}` objective on unlabelled faces. Its hypercolumn (layers 1-4, upsampled and "
+        "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
+        [data_line(args, "pretrain"), f"steps: {steps}, global batch {args.batch_size}, views "
+         f"{args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256, seed {args.seed}"],
+        probe_table(probe_result),
+        f'from common.models import ResNetEncoder\nencoder = ResNetEncoder.from_pretrained("{ref}")\n'
+        "dense = encoder.hypercolumn(images)   # images [B, 3, H, W] in [0, 1] -> [B, C, H/4, W/4]",
+        f"python match.py --model {ref} --ref a.jpg --query b.jpg --out match.png\n"
+        f"accelerate launch dense_distill.py --init_from {ref} --output_dir runs/distill",
+        ["self-supervised", "byol", "dense-features", "facial-landmarks"])
 
 
 def main(args) -> dict:
     out = Path(args.output_dir)
-    if args.push_to_hub and not args.hub_model_id:
-        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-byol)")
+    check_hub(args, "lead-byol")
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
@@ -271,7 +272,7 @@ def main(args) -> dict:
         report.log(counter.step, {"probe": result})
     report.close()
     save_final(accelerator, out, encoder, model_card(args, out, result, counter.step),
-               args.hub_model_id if args.push_to_hub else None, "LEAD stage 1 (BYOL)")
+               args, "LEAD stage 1 (BYOL)")
     return {"step": counter.step, "probe": result}
 
 

@@ -26,11 +26,13 @@ from einops import rearrange
 
 from common.augment import cell_centres, make_views, view_configs, view_correspondence
 from common.cli import run
-from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.data import DataError, at_least, data_args, load_tensors
 from common.features import check_source, load_model
 from common.losses import auto_chunk, dve_loss, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
-from common.probe import probe_all, probe_line
+from common.hub import check_hub, data_line, model_ref
+from common.hub import model_card as hub_card
+from common.probe import probe_all, probe_line, probe_table
 from common.training import (Counter, Reporter, check_batch, checkpoint_dirs, eval_mode, local_batch,
                              make_accelerator, prepare_output, run_args, save_args, save_checkpoint, save_final,
                              warmup_cosine)
@@ -58,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2 (and of DVE's matches)")
     g.add_argument("--dve_weight", type=float, default=1.0, help="weight of the DVE term in lead+dve")
     g.add_argument("--dve_power", type=float, default=0.5, help="DVE's distance exponent (0.5 in DVE's code)")
+    g.add_argument("--dve_channels", type=int, default=0,
+                   help="lead+dve: the DVE term shapes only the last K channels and LEAD's head sees the others "
+                        "(0: both terms on all channels)")
     g.add_argument("--pairs", default="views", choices=PAIRS,
                    help="views: two augmented views of each image; cross: each image with another of the batch; both")
     g.add_argument("--chunk", default="auto",
@@ -90,10 +95,11 @@ def load_teacher(source: str) -> ResNetEncoder:
 class Distiller(nn.Module):
     """The student Φ_D and its projection head g_D, trained against the frozen teacher's hypercolumn."""
 
-    def __init__(self, student: DenseExtractor, head_dim: int, frozen: int = 5):
+    def __init__(self, student: DenseExtractor, head_dim: int, frozen: int = 5, dve_channels: int = 0):
         super().__init__()
         self.student, self.frozen = student, frozen
-        self.head = ConvHead(student.feature_dim, head_dim, head_dim) if head_dim else nn.Identity()
+        self.lead_channels = student.feature_dim - dve_channels         # the channels LEAD's head sees
+        self.head = ConvHead(self.lead_channels, head_dim, head_dim) if head_dim else nn.Identity()
         for stage in self.frozen_stages():
             stage.requires_grad_(False)
         self.train()
@@ -115,7 +121,7 @@ class Distiller(nn.Module):
         student encoder is the teacher, so its maps are the teacher's, computed once."""
         maps = teacher_maps if self.frozen == 5 else self.student.encoder.layers(x)
         features = self.student.decoder(maps)
-        return features, rearrange(self.head(features), "b c h w -> b (h w) c")
+        return features, rearrange(self.head(features[:, :self.lead_channels]), "b c h w -> b (h w) c")
 
 
 def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -> torch.Tensor:
@@ -152,7 +158,7 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
     head_dim = args.head_dim if "lead" in args.objective else 0     # DVE alone trains the features themselves
-    model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5)
+    model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5, args.dve_channels)
     model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay)
@@ -180,7 +186,8 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
         if "lead" in args.objective:
             loss = pair_loss(f, h, args.pairs, args.tau, chunk)
         if "dve" in args.objective:
-            loss = loss + args.dve_weight * dve_views(features, p1, p2, args.tau, args.dve_power)
+            loss = loss + args.dve_weight * dve_views(features[:, -args.dve_channels:], p1, p2, args.tau,  # -0: all
+                                                      args.dve_power)
         accelerator.backward(loss)
         opt.step()
         sched.step()
@@ -202,32 +209,34 @@ def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) ->
     return out
 
 
-def model_card(args, probe_result: dict, steps: int, teacher: ResNetEncoder) -> str:
-    lines = [f"# LEAD stage 2: dense features, {args.feature_dim}-d, {teacher.arch}", "",
-             "Compact dense extractor Φ_D distilled from a stage-1 BYOL encoder's hypercolumn with the LEAD loss "
-             "by `dense_distill.py` (the reference implementation of LEAD, WACV 2022).", "",
-             f"- teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
-             f"- data: {describe(args, 'pretrain')}", f"- steps: {steps}, global batch {args.batch_size}, views "
-             f"{args.crop_size} px, objective {args.objective}, pairs {args.pairs}, tau {args.tau}, "
-             f"head {args.head_dim if 'lead' in args.objective else 0}",
-             "- load: `DenseExtractor.from_pretrained(folder)`; `model(images)` gives [B, C, H/4, W/4]", ""]
-    if probe_result:
-        lines += ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
-                  "| --- | --- | --- | --- |"]
-        lines += [f"| {n} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |"
-                  for n, r in probe_result.items()]
-        r = next(iter(probe_result.values()))
-        lines.append(f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
-                     f"{r['photo_floor_px']:.2f} |")
-    return "\n".join(lines) + "\n"
+def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetEncoder) -> str:
+    ref = model_ref(args, out)
+    return hub_card(
+        f"LEAD stage 2: {args.feature_dim}-d dense features, {teacher.arch}",
+        f"The compact dense extractor Φ_D of LEAD (WACV 2022): a ResNet encoder and an FPN decoder giving "
+        f"{args.feature_dim} channels at 1/4 of the input, distilled by `dense_distill.py` from a stage-1 "
+        f"encoder's {teacher.hypercolumn_dim}-d hypercolumn. Matching points by cosine similarity of these "
+        "features carries landmarks between faces; a small regressor on them (`regress.py`) predicts landmarks.",
+        [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)", data_line(args, "pretrain"),
+         f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
+         f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
+         f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, seed {args.seed}"],
+        probe_table(probe_result),
+        f'from common.models import DenseExtractor\nmodel = DenseExtractor.from_pretrained("{ref}")\n'
+        f"features = model(images)   # images [B, 3, H, W] in [0, 1] -> [B, {args.feature_dim}, H/4, W/4]",
+        f"python match.py --model {ref} --ref a.jpg --query b.jpg --out match.png\n"
+        f"python regress.py --features_from {ref} --output_dir runs/regress",
+        ["self-supervised", "dense-features", "facial-landmarks", "correspondence"])
 
 
 def main(args) -> dict:
     out = Path(args.output_dir)
-    if args.push_to_hub and not args.hub_model_id:
-        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-64)")
+    check_hub(args, "lead-64")
     if args.keep_frozen and not args.unfreeze_encoder:
         raise DataError("--keep_frozen applies to a trained encoder: add --unfreeze_encoder")
+    if args.dve_channels and (args.objective != "lead+dve" or not 0 < args.dve_channels < args.feature_dim):
+        raise DataError(f"--dve_channels splits the features between LEAD and DVE: it needs --objective lead+dve "
+                        f"and 0 < K < --feature_dim ({args.feature_dim}), got {args.dve_channels}")
     if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
         raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
     teacher = load_teacher(args.init_from)
@@ -280,8 +289,8 @@ def main(args) -> dict:
     if result:
         report.log(counter.step, {"probe": result})
     report.close()
-    save_final(accelerator, out, student, model_card(args, result, counter.step, teacher),
-               args.hub_model_id if args.push_to_hub else None, "LEAD stage 2 (dense distillation)")
+    save_final(accelerator, out, student, model_card(args, out, result, counter.step, teacher),
+               args, "LEAD stage 2 (dense distillation)")
     return {"step": counter.step, "probe": result}
 
 

@@ -196,9 +196,10 @@ def benchmark(args) -> dict:
                          zip(names, specs)}, load_tensors(args, args.split), size, args.pairs, args.seed)
     table = {"size": size, "pairs": args.pairs, "split": args.split, "models": [
         {"name": n, "model": spec, "dim": sources[spec].dim, **results[n]} for n, spec in zip(names, specs)]}
+    from common.files import write_json
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "matching.json").write_text(json.dumps(table, indent=1))
+    write_json(out / "matching.json", table)
     logger.info("matching (%d pairs of each kind, %d px, %s split) -> %s\n%s", args.pairs, size, args.split,
                 out / "matching.json", markdown(table))
     return table

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,11 @@ import torch.nn.functional as F
 from common.cli import run
 from common.data import DataError, at_least, data_args, describe, load_tensors
 from common.features import FeatureStore, check_source, eval_crops, load_source
+from common.files import write_json
 from common.metrics import EYES, inter_ocular, iod_error
 from common.models import LandmarkRegressor
-from common.training import make_accelerator, prepare_output, push_to_hub, save_args
+from common.hub import check_hub, data_line, hub_args, model_card, model_ref, push_to_hub
+from common.training import make_accelerator, prepare_output, save_args
 from common.viz import landmark_grid
 
 logger = logging.getLogger("lead")
@@ -74,8 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="keep the finished runs in OUTPUT/runs/, do the rest")
     g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub")
-    g.add_argument("--hub_model_id", default=None)
+    hub_args(parser)
     return parser
 
 
@@ -224,22 +224,32 @@ def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, Landmar
     return record, reg, pred
 
 
-def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict, name: str):
+def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict, name: str,
+               metric: str):
     """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels."""
     reg.save_pretrained(out / "final")
-    (out / "final" / "README.md").write_text(
-        f"# LEAD stage 3: landmark regressor on {name} features\n\n"
-        f"- features: `{args.features_from[0]}` (frozen), inputs resized to {args.resize} and centre-cropped to "
-        f"{args.crop}\n- data: {json.dumps(describe(args, 'train'))}, {record['num_train']} labelled images\n"
-        f"- test error: {record['test']:.2f} (mean shape {record['mean_shape_test']:.2f})\n"
-        "- load: `LandmarkRegressor.from_pretrained(folder)`; `regressor(features)[0]` gives landmarks in "
-        "normalised coordinates\n")
+    ref, feats = model_ref(args, out), args.features_from[0]
+    load = f'load_model("{feats}")' if feats.partition(":")[0] not in ("pca", "nmf") else \
+        f'load_source("{feats}", "{args.hypercolumn_from}", train_images)   # refitted on the training images'
+    (out / "final" / "README.md").write_text(model_card(
+        f"LEAD stage 3: landmark regressor on {name} features",
+        f"A few-label landmark regressor (DVE / LEAD protocol: {reg.intermediate} soft-argmax heatmaps "
+        f"{'shared by all landmarks' if reg.shared else 'per landmark'} and a linear map to its "
+        f"{reg.num_points} points) trained by `regress.py` on the frozen features of "
+        f"`{feats}`, which it needs at inference.",
+        [f"features: `{feats}` (frozen), inputs resized to {args.resize} and centre-cropped to {args.crop}",
+         f"{data_line(args, 'train')}; {record['num_train']} labelled images"],
+        [f"- test error ({'% inter-ocular distance' if metric == 'iod' else '100 - PCK'}): {record['test']:.2f}; "
+         f"the mean shape of the labelled images scores {record['mean_shape_test']:.2f}"],
+        "from common.features import load_model, load_source\nfrom common.models import LandmarkRegressor\n"
+        f"features = {load}\nregressor = LandmarkRegressor.from_pretrained(\"{ref}\")\n"
+        f"points, _ = regressor(features(crops))   # crops [B, 3, {args.crop}, {args.crop}] in [0, 1] -> [B, K, 2] "
+        "in [-1, 1]",
+        None, ["facial-landmarks", "landmark-regression"]))
     k = min(16, len(pred))
     truth = torch.where(data["test"]["visible"][..., None], data["test"]["landmarks"], float("nan"))
     landmark_grid(data["test"]["images"][:k].numpy(), pred[:k].numpy(), truth=truth[:k].numpy(),
                   cols=8, scale=3.0).save(out / "predictions.png")
-    if args.push_to_hub:
-        push_to_hub(out / "final", args.hub_model_id, "LEAD stage 3 (landmark regressor)")
 
 
 def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -> dict:
@@ -297,14 +307,13 @@ def write_reports(out: Path, results: dict) -> None:
 
 # flags that change no result: a resumed run may change them (and --num_train / --seeds only add or drop runs)
 FREE_ON_RESUME = {"resume", "overwrite", "cache_gb", "feature_batch", "data_workers", "push_to_hub", "hub_model_id",
-                  "num_train", "seeds", "argv"}
+                  "hub_private", "num_train", "seeds", "argv"}
 
 
 def check_args(args) -> None:
     """Every user mistake that can be seen before any work, on every process, as one line."""
     out = Path(args.output_dir)
-    if args.push_to_hub and not args.hub_model_id:
-        raise DataError("--push_to_hub needs --hub_model_id (e.g. user/lead-regressor)")
+    check_hub(args, "lead-regressor")
     if args.resize < args.crop:
         raise DataError(f"--crop {args.crop} is larger than --resize {args.resize}")
     for spec in args.features_from:
@@ -318,13 +327,6 @@ def check_args(args) -> None:
         if changed:
             raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
                             "--output_dir, or --overwrite")
-
-
-def write_json(path: Path, obj) -> None:
-    """Written whole or not at all: a killed run never leaves half a file for --resume to read."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def load_data(args) -> dict:
@@ -366,7 +368,7 @@ def main(args) -> dict:
             write_json(out / "runs" / f"source-{task[0]}.json", infos[task[0]])
         record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
         if task == (0, largest, 0):                             # before the record: a resume would skip it
-            save_final(args, out, reg.cpu(), record, pred, data, infos[0]["name"])
+            save_final(args, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric)
         write_json(path, record)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -378,6 +380,8 @@ def main(args) -> dict:
     write_json(out / "results.json", results)
     write_reports(out, results)
     logger.info("results: %s\n%s", out / "results.json", (out / "results.md").read_text())
+    if args.push_to_hub:                     # at the end, also when a resumed run had final/ already
+        push_to_hub(out / "final", args.hub_model_id, args.hub_private, "LEAD stage 3 (landmark regressor)")
     return results
 
 

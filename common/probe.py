@@ -91,3 +91,16 @@ def probe_line(results: dict[str, dict[str, float]]) -> str:
             f"same identity {col('same_iod', 'same_floor_iod', '%.1f')} % IOD, "
             f"different identity {col('diff_iod', 'diff_floor_iod', '%.1f')} % IOD, "
             f"astronaut photo {col('photo_px', 'photo_floor_px', '%.2f')} px")
+
+
+def probe_table(probe_result: dict) -> list[str]:
+    """The matching probe as a markdown table, with the floor of leaving points in place."""
+    if not probe_result:
+        return []
+    lines = ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |"
+              for n, r in probe_result.items()]
+    r = next(iter(probe_result.values()))
+    return lines + [f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
+                    f"{r['photo_floor_px']:.2f} |"]

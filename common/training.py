@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data.images import DataError
+from .hub import hub_args, push_to_hub
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -56,8 +57,7 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
                    help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
                         "continue with --resume")
     g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
-    g.add_argument("--push_to_hub", action="store_true", help="upload final/ to the Hugging Face Hub at the end")
-    g.add_argument("--hub_model_id", default=None, help="the Hub repository for --push_to_hub, e.g. user/lead")
+    hub_args(parser)
     return parser
 
 
@@ -70,14 +70,14 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     return perm[k * batch:(k + 1) * batch]
 
 
-def save_final(accelerator, out: Path, model, card: str, hub_model_id: str | None, message: str) -> None:
+def save_final(accelerator, out: Path, model, card: str, args, message: str) -> None:
     """The hand-off folder OUTPUT/final/ (config.json, model.safetensors, README.md model card),
-    written by the main process, and uploaded to the Hub when an id is given."""
+    written by the main process, and uploaded to the Hub with --push_to_hub."""
     if accelerator.is_main_process:
         model.save_pretrained(out / "final")
         (out / "final" / "README.md").write_text(card)
-        if hub_model_id:
-            push_to_hub(out / "final", hub_model_id, message)
+        if args.push_to_hub:
+            push_to_hub(out / "final", args.hub_model_id, args.hub_private, message)
     accelerator.wait_for_everyone()
 
 
@@ -94,15 +94,6 @@ def local_batch(cache, batch_size: int, step: int, seed: int, accelerator) -> to
     idx = batch_indices(len(cache), batch_size, step, seed)
     idx = idx[accelerator.process_index * local:(accelerator.process_index + 1) * local]
     return cache.batch(idx)["images"].to(accelerator.device, non_blocking=True)
-
-
-def push_to_hub(folder: Path, repo_id: str, message: str) -> None:
-    """Upload a final/ folder (weights, config, model card) to the Hub."""
-    import huggingface_hub
-
-    huggingface_hub.create_repo(repo_id, exist_ok=True)
-    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
-    logging.getLogger("lead").info("pushed %s to https://huggingface.co/%s", folder, repo_id)
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "none", project_dir=None):

@@ -27,3 +27,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class FakeHub:
+    """huggingface_hub.HfApi replaced by a recorder: tests never use the network. `repos` maps each created
+    repository to its privacy, `uploads` each upload to (repo id, message, {file name: bytes})."""
+
+    def __init__(self):
+        self.repos, self.uploads = {}, []
+
+    def __call__(self, *args, **kwargs):           # HfApi() -> this recorder
+        return self
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
+        self.repos[repo_id] = bool(private)
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
+        assert repo_id in self.repos, "upload before create_repo"
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder_path).iterdir()) if p.is_file()}
+        self.uploads.append((repo_id, commit_message, files))
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The Hub client's API replaced by a FakeHub, with a token present."""
+    import huggingface_hub
+
+    hub = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "HfApi", hub)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake_token")
+    return hub

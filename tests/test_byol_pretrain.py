@@ -25,7 +25,8 @@ def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
     result = run(tmp_path / "run", "--max_steps", "3", "--probe_pairs", "6")
     final = tmp_path / "run" / "final"
     net = ResNetEncoder.from_pretrained(final)
-    assert net.arch == "resnet18" and (final / "README.md").read_text().startswith("# LEAD stage 1")
+    assert net.arch == "resnet18" and (final / "README.md").read_text().startswith("---\n")
+    assert "\n# LEAD stage 1: byol resnet18\n" in (final / "README.md").read_text()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert len(losses) == 3 and all(math.isfinite(v) and 0 <= v <= 8 for v in losses)
@@ -121,14 +122,8 @@ def test_accelerate_launch_runs_the_script(cache_dir, tmp_path):
     assert all(math.isfinite(v) for v in losses if v is not None) and losses[0] is not None
 
 
-def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, monkeypatch):
-    """--eval_every adds probe lines during training; --push_to_hub uploads final/ (the Hub calls are
-    replaced here: tests never use the network)."""
-    import huggingface_hub
-    calls = []
-    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok: calls.append(("create", repo_id)))
-    monkeypatch.setattr(huggingface_hub, "upload_folder",
-                        lambda repo_id, folder_path, commit_message: calls.append(("upload", repo_id, folder_path)))
+def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, fake_hub):
+    """--eval_every adds probe lines during training; --push_to_hub uploads final/ (to a fake Hub)."""
     # 40 images, batch 8: 5 steps an epoch; every 0.4 epochs = every 2 steps
     run(tmp_path / "run", "--max_steps", "5", "--probe_pairs", "4", "--eval_every", "0.4",
         "--push_to_hub", "--hub_model_id", "someone/lead-byol")
@@ -136,6 +131,9 @@ def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, monkeypatch):
     assert [x["step"] for x in lines if "probe" in x] == [2, 4, 5]
     probes = [x["probe"] for x in lines if "probe" in x]
     assert probes[0]["random"] == probes[-1]["random"] and probes[0]["trained"] != probes[-1]["trained"]
-    assert calls == [("create", "someone/lead-byol"), ("upload", "someone/lead-byol", str(tmp_path / "run" / "final"))]
+    assert fake_hub.repos == {"someone/lead-byol": False}
+    (repo, _, files), = fake_hub.uploads
+    final = tmp_path / "run" / "final"
+    assert repo == "someone/lead-byol" and files == {p.name: p.read_bytes() for p in final.iterdir()}
     with pytest.raises(DataError, match="--push_to_hub needs --hub_model_id"):
         run(tmp_path / "other", "--max_steps", "1", "--push_to_hub")

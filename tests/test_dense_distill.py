@@ -43,7 +43,8 @@ def test_writes_the_student_without_head_and_keeps_the_encoder_frozen(cache_dir,
     result = run(teacher, tmp_path / "run", "--max_steps", "3", "--probe_pairs", "4")
     final = tmp_path / "run" / "final"
     student = DenseExtractor.from_pretrained(final)
-    assert student.feature_dim == 16 and (final / "README.md").read_text().startswith("# LEAD stage 2")
+    assert student.feature_dim == 16
+    assert "\n# LEAD stage 2: 16-d dense features, resnet18\n" in (final / "README.md").read_text()
     weights = load_file(final / "model.safetensors")
     assert not any(k.startswith("head") for k in weights) and any(k.startswith("decoder") for k in weights)
     phi_g = load_file(teacher / "model.safetensors")
@@ -165,3 +166,29 @@ def test_dve_objectives_train_the_features_and_add_up(cache_dir, tmp_path, teach
     lead, zero, total = (losses_of(tmp_path / n) for n in ("lead", "zero", "sum"))
     assert zero == pytest.approx(lead, rel=1e-5)
     assert total[0] == pytest.approx(lead[0] + losses_of(tmp_path / "dve")[0], rel=1e-4)
+
+
+def test_dve_channels_give_each_term_its_own_channels(cache_dir, tmp_path, teacher):
+    """--dve_channels K: LEAD's head sees the first C - K channels, the DVE term the last K; each term's gradient
+    reaches only its own channels of the features."""
+    torch.manual_seed(0)
+    student = DenseExtractor("resnet18", 16, 16)
+    model = dense_distill.Distiller(student, head_dim=8, frozen=5, dve_channels=6)
+    x = torch.rand(4, 3, 32, 32)
+    features, f = model(x, student.encoder.layers(x))
+    assert f.shape == (4, 64, 8) and model.head.net[0].in_channels == 10
+    h = torch.randn(4, 64, 32)
+    g_lead, = torch.autograd.grad(dense_distill.pair_loss(f, h, "views", 0.05, None), features, retain_graph=True)
+    crop = {"w": torch.ones(2), "h": torch.ones(2), "cx": torch.zeros(2), "cy": torch.zeros(2), "flip": torch.zeros(2)}
+    shifted = {**crop, "w": torch.full((2,), 0.8), "cx": torch.full((2,), 0.1)}     # two views of each image
+    g_dve, = torch.autograd.grad(dense_distill.dve_views(features[:, -6:], crop, shifted, 0.05, 0.5), features)
+    per_channel = lambda g: g.abs().sum((0, 2, 3))                       # noqa: E731
+    assert (per_channel(g_lead)[10:] == 0).all() and (per_channel(g_lead)[:10] > 0).all()
+    assert (per_channel(g_dve)[:10] == 0).all() and (per_channel(g_dve)[10:] > 0).all()
+    # in a run, and refused where it means nothing
+    run(teacher, tmp_path / "split", "--max_steps", "1", "--probe_pairs", "0", "--objective", "lead+dve",
+        "--dve_channels", "6")
+    assert all(math.isfinite(v) and v > 0 for v in losses_of(tmp_path / "split"))
+    for bad in (["--dve_channels", "6"], ["--objective", "lead+dve", "--dve_channels", "16"]):
+        with pytest.raises(DataError, match="--dve_channels splits the features between LEAD and DVE"):
+            run(teacher, tmp_path / "bad", "--max_steps", "1", *bad)
