@@ -1,9 +1,86 @@
 #!/usr/bin/env bash
-# The demo on the embedded synthetic faces: installs into .venv (once), then runs.
-# Foundation stage: generates every split of the synthetic data set, builds the tensor caches and
-# draws runs/demo/samples.png; the training stages join this script as they land.
+# The whole pipeline on the embedded synthetic faces, at CPU size:
+#   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
+#   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
+#
+#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~13 min on 2 cores)
+#   bash demo.sh --quick    # the same steps with tiny sizes (~3 min): what CI runs
+#
+# Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
+# Running it again reuses the cached data and skips finished stages; a stage that was interrupted is continued
+# with --resume (started again when it stopped before its first checkpoint).
+# DEMO_OUT=folder puts the runs elsewhere (default runs/demo, runs/demo_quick with --quick).
 set -euo pipefail
 cd "$(dirname "$0")"
+QUICK=0
+if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
+if [ $# -gt 0 ]; then echo "usage: bash demo.sh [--quick]" >&2; exit 2; fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python prepare_data.py --preview runs/demo/samples.png "$@"
+PY=.venv/bin/python
+LAUNCH=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
+
+if [ "$QUICK" = 1 ]; then
+    OUT=${DEMO_OUT:-runs/demo_quick}
+    DATA=(--image_size 64 --num_images 96)
+    S1=(--crop_size 32 --batch_size 16 --max_steps 4 --checkpoint_every 2 --proj_hidden 64 --probe_pairs 8)
+    S2=(--crop_size 32 --batch_size 16 --max_steps 4 --checkpoint_every 2 --fpn_width 64 --probe_pairs 8)
+    REG=(--resize 44 --crop 32 --epochs 1 --min_steps 10 --eval_every 5 --intermediate 4 --fit_rows 1024)
+    FEW=(--num_train 5 20 --seeds 2)
+    MATCH=(--pairs 16 --size 32)
+else
+    OUT=${DEMO_OUT:-runs/demo}
+    DATA=(--dataset synthetic)
+    S1=(--crop_size 64 --batch_size 64 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
+    S2=(--crop_size 64 --batch_size 32 --max_steps 100 --checkpoint_every 50)
+    REG=(--resize 90 --crop 64 --epochs 2 --min_steps 80 --eval_every 40)
+    FEW=(--num_train 5 20 100 --seeds 2)
+    MATCH=(--pairs 500 --size 64)
+fi
+mkdir -p "$OUT"
+
+# run_stage NAME DONE_FILE COMMAND...: skipped when OUTPUT/NAME/DONE_FILE exists; an interrupted run in
+# OUTPUT/NAME is continued with --resume from its checkpoints (regress.py: its finished runs), or started again
+# with --overwrite when it has none; the stage's wall time is appended to OUTPUT/times.tsv
+run_stage() {
+    local name=$1 done=$2 dir="$OUT/$1" how=""
+    shift 2
+    if [ -e "$dir/$done" ]; then echo "== $name: done ($dir/$done), skipped"; return; fi
+    if compgen -G "$dir/checkpoints/step_*" > /dev/null || compgen -G "$dir/runs/*.json" > /dev/null; then
+        how=--resume
+    elif [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
+        how=--overwrite
+    fi
+    echo "== $name $how"
+    local t0=$SECONDS
+    "$@" --output_dir "$dir" $how
+    printf '%s\t%s\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
+}
+
+t0=$SECONDS
+$PY prepare_data.py "${DATA[@]}" --preview "$OUT/samples.png"
+$PY prepare_data.py "${DATA[@]}" --variant unaligned --splits train,val,test --preview "$OUT/samples_unaligned.png"
+printf 'data\t%s\n' $((SECONDS - t0)) >> "$OUT/times.tsv"
+
+# stage 1: pixel-level BYOL (the cross-identity study's recipe, experiments/cross_identity.md)
+run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${DATA[@]}" "${S1[@]}" --arch resnet18 \
+    --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --crop_scale 0.3 1 --flip 0
+# stage 2: LEAD distillation beside DVE's cross-identity term on part of the channels, encoder from layer 2 on
+run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${DATA[@]}" "${S2[@]}" \
+    --init_from "$OUT/byol/final" --warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 \
+    --objective lead+dve --dve_channels 32 --unfreeze_encoder --keep_frozen 2
+# stage 3: regression on all labels, for the compact features, the teacher's hypercolumn, NMF and random init
+for variant in aligned unaligned; do
+    run_stage "regress_$variant" results.json "${LAUNCH[@]}" regress.py "${DATA[@]}" "${REG[@]}" \
+        --variant "$variant" --features_from "$OUT/distill/final" "$OUT/byol/final" nmf:64 random-resnet18 \
+        --hypercolumn_from "$OUT/byol/final"
+done
+run_stage fewshot results.json "${LAUNCH[@]}" regress.py "${DATA[@]}" "${REG[@]}" "${FEW[@]}" \
+    --features_from "$OUT/distill/final" --hypercolumn_from "$OUT/byol/final"
+# matching: the benchmark (Table 1) and one picture across identities
+run_stage match matching.json "${LAUNCH[@]}" match.py --benchmark "${DATA[@]}" "${MATCH[@]}" \
+    --model "$OUT/distill/final" "$OUT/byol/final" nmf:64 random-resnet18 --hypercolumn_from "$OUT/byol/final"
+$PY match.py "${DATA[@]}" --model "$OUT/distill/final" --ref test:0 --query test:7 --heatmap 0 --out "$OUT/match.png"
+$PY -m common.report "$OUT" $([ "$QUICK" = 1 ] && echo --quick)
