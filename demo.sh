@@ -3,8 +3,8 @@
 #   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
 #
-#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~13 min on 2 cores)
-#   bash demo.sh --quick    # the same steps with tiny sizes (~3 min): what CI runs
+#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~17.5 min on 2 cores)
+#   bash demo.sh --quick    # the same steps with tiny sizes (~1.5 min): what CI runs
 #
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
 # Running it again reuses the cached data and skips finished stages; a stage that was interrupted is continued
@@ -29,15 +29,15 @@ if [ "$QUICK" = 1 ]; then
     S2=(--crop_size 32 --batch_size 16 --max_steps 4 --checkpoint_every 2 --fpn_width 64 --probe_pairs 8)
     REG=(--resize 44 --crop 32 --epochs 1 --min_steps 10 --eval_every 5 --intermediate 4 --fit_rows 1024)
     FEW=(--num_train 5 20 --seeds 2)
-    MATCH=(--pairs 16 --size 32)
+    MATCH=(--pairs 16 --size 32 --fit_rows 1024)
 else
     OUT=${DEMO_OUT:-runs/demo}
     DATA=(--dataset synthetic)
-    S1=(--crop_size 64 --batch_size 64 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
-    S2=(--crop_size 64 --batch_size 32 --max_steps 100 --checkpoint_every 50)
-    REG=(--resize 90 --crop 64 --epochs 2 --min_steps 80 --eval_every 40)
+    S1=(--crop_size 64 --batch_size 64 --max_steps 150 --checkpoint_every 50 --proj_hidden 512)
+    S2=(--crop_size 64 --batch_size 32 --max_steps 150 --checkpoint_every 50)
+    REG=(--resize 90 --crop 64 --epochs 3 --min_steps 100 --eval_every 50 --fit_rows 2048)
     FEW=(--num_train 5 20 100 --seeds 2)
-    MATCH=(--pairs 500 --size 64)
+    MATCH=(--pairs 500 --size 64 --fit_rows 2048)
 fi
 mkdir -p "$OUT"
 

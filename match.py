@@ -44,6 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--pairs", type=int, default=500, help="pairs of each kind (same / different identity)")
     g.add_argument("--split", default="test", help="data split of the benchmark")
     g.add_argument("--output_dir", default="runs/matching", help="where matching.json goes")
+    g.add_argument("--fit_rows", type=int, default=8192, help="hypercolumn vectors PCA / NMF are fitted on")
     g.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -188,7 +189,7 @@ def benchmark(args) -> dict:
         train = load_tensors(args, "train")
         fit = torch.from_numpy(train.images[:min(len(train), 1000)].copy()).float()
         fit = F.interpolate(fit, size=(size, size), mode="area").round().to(torch.uint8)
-        sources.update({spec: load_source(spec, args.hypercolumn_from, fit).to(device)
+        sources.update({spec: load_source(spec, args.hypercolumn_from, fit, args.fit_rows).to(device)
                         for spec, r in zip(specs, reduced) if r})
     names = [sources[spec].name for spec in specs]
     names = [n if names.count(n) == 1 else spec for n, spec in zip(names, specs)]   # two of a kind: their paths

@@ -40,7 +40,7 @@ def times_section(out: Path) -> list[str]:
     if (out / "times.tsv").is_file():
         for line in (out / "times.tsv").read_text().splitlines():
             name, _, seconds = line.partition("\t")
-            rows[name] = rows.get(name, 0.0) + float(seconds)      # an interrupted stage: both parts count
+            rows[name] = float(seconds)                           # a stage run again: its latest time
     lines = ["## Wall time", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {s:.0f} |" for name, s in rows.items()]
     return lines + [f"| total | {sum(rows.values()):.0f} |", ""]
@@ -92,8 +92,8 @@ def fewshot_section(out: Path) -> list[str]:
         return []
     paper = " | ".join(f"{PAPER_FEWSHOT[k]}" for k in sorted(PAPER_FEWSHOT))
     return ["## Few labels (aligned)", "", md.read_text().strip(), "",
-            f"The paper (Table 5, AFLW_M, LEAD-64, 1 / 5 / 10 / 20 / 50 / 100 labels): {paper}.", "",
-            "![few-shot curve](fewshot/fewshot.png)", ""]
+            f"The paper (Table 5, AFLW_M, LEAD-64, 1 / 5 / 10 / 20 / 50 / 100 labels): {paper}.", ""] + \
+        (["![few-shot curve](fewshot/fewshot.png)", ""] if (out / "fewshot" / "fewshot.png").is_file() else [])
 
 
 def claims(match: dict, regression: dict) -> list[tuple[str, bool]]:
