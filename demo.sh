@@ -4,7 +4,7 @@
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
 #
 #   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~17.5 min on 2 cores)
-#   bash demo.sh --quick    # the same steps with tiny sizes (~1.5 min): what CI runs
+#   bash demo.sh --quick    # the same steps with tiny sizes (~2 min): what CI runs
 #
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
 # Running it again reuses the cached data and skips finished stages; a stage that was interrupted is continued
