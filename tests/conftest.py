@@ -57,3 +57,19 @@ def fake_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", hub)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake_token")
     return hub
+
+
+def hub_snapshot(cache: Path, repo: str, files: dict) -> bool:
+    """Lay out {file name: bytes} in a Hugging Face cache folder as a download of `repo` leaves it:
+    models--OWNER--NAME/refs/main names a commit, snapshots/COMMIT/ holds the files. False if already there."""
+    import hashlib
+    base = cache / f"models--{repo.replace('/', '--')}"
+    if (base / "refs" / "main").is_file():
+        return False
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    (base / "snapshots" / commit).mkdir(parents=True)
+    for name, data in files.items():
+        (base / "snapshots" / commit / name).write_bytes(data)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    return True

@@ -1,7 +1,5 @@
 """The Hugging Face Hub without the network: every stage's upload (to a recording fake), the token check before
 any work, and loading by Hub id from a local cache laid out as `huggingface_hub` leaves a downloaded snapshot."""
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,7 @@ import match
 import regress
 from common.data import DataError
 from common.models import DenseExtractor, ResNetEncoder
+from conftest import hub_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = ["--image_size", "32", "--num_images", "24", "--data_workers", "1"]
@@ -81,16 +80,11 @@ def test_without_a_token_the_run_stops_before_any_work(cache_dir, tmp_path, monk
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch, models):
-    """The Hub offline, its cache holding `me/lead-16` and `me/byol` as a download leaves them:
-    models--me--NAME/refs/main names a commit, snapshots/COMMIT/ holds the files."""
+    """The Hub offline, its cache holding `me/lead-16` and `me/byol` as a download leaves them."""
     from huggingface_hub import constants
     root = tmp_path / "hub"
     for repo, folder in (("me/lead-16", models / "s2"), ("me/byol", models / "s1")):
-        base = root / f"models--{repo.replace('/', '--')}"
-        commit = "0123456789abcdef0123456789abcdef0123%04d" % len(repo)
-        shutil.copytree(folder, base / "snapshots" / commit)
-        (base / "refs").mkdir()
-        (base / "refs" / "main").write_text(commit)
+        hub_snapshot(root, repo, {p.name: p.read_bytes() for p in folder.iterdir()})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return root

@@ -3,7 +3,6 @@ in order, in a scratch folder, with tiny flags appended (argparse keeps the last
 in-process, `torchrun` lines as real process groups (two "nodes" on this machine). The exceptions are lines marked
 `# [GPU]` or `# [interactive]`, `bash demo.sh` (tests/test_demo.py runs it with --quick) and the test command itself.
 """
-import hashlib
 import importlib
 import json
 import os
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, hub_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCRIPTS = {"byol_pretrain.py", "dense_distill.py", "regress.py", "match.py", "prepare_data.py"}
@@ -152,14 +151,5 @@ def publish(fake_hub, cache):
     """What the fake Hub received, laid out in the offline cache as a download leaves it, so that the README's
     next lines can load it by id."""
     for repo, _, files in fake_hub.uploads:
-        base = cache / f"models--{repo.replace('/', '--')}"
-        commit = hashlib.sha1(repo.encode()).hexdigest()
-        if (base / "refs" / "main").is_file():
-            continue
-        snap = base / "snapshots" / commit
-        snap.mkdir(parents=True)
-        for name, data in files.items():
-            (snap / name).write_bytes(data)
-        (base / "refs").mkdir()
-        (base / "refs" / "main").write_text(commit)
+        hub_snapshot(cache, repo, files)
     shutil.rmtree(cache / ".locks", ignore_errors=True)
