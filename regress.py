@@ -198,9 +198,9 @@ def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
     budget, stores = args.cache_gb * 2**30, {}
     for split in ("train", "val", "test"):
         stores[split] = FeatureStore(source, data[split]["images"], budget, args.feature_batch)
-        budget -= stores[split].nbytes if stores[split].cached else 0
+        budget -= stores[split].nbytes
     info = {"features_from": spec, "name": source.name, "dim": source.dim,
-            "cached": {k: v.cached for k, v in stores.items()},
+            "cached": {k: v.kind or "no" for k, v in stores.items()},
             "cache_mb_per_image": stores["train"].bytes_per_image / 2**20, "features_s": time.perf_counter() - t0}
     logger.info("%s: %s, %d-d, cached %s (%.2f MB per image), %.1f s", spec, source.name, source.dim,
                 info["cached"], info["cache_mb_per_image"], info["features_s"])

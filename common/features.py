@@ -209,39 +209,43 @@ def load_source(spec: str, hypercolumn_from: str | None = None, fit_images: torc
 
 
 class FeatureStore:
-    """The features of a fixed set of images (uint8 [N, 3, S, S]): their parts computed once and kept in
-    memory in fp16 when they fit in `budget` bytes, else computed again for every batch."""
+    """The features of a fixed set of images (uint8 [N, 3, S, S]), computed once and kept in memory in fp16:
+    the finished features when they fit in `budget` bytes (a hypercolumn is then never upsampled again), else
+    the source's parts (8x smaller for a hypercolumn, assembled per batch), else nothing (computed per batch).
+    `kind` says which: "features", "parts" or None."""
 
     def __init__(self, source: FeatureSource, images: torch.Tensor, budget: float, batch: int = 32):
         self.source, self.images, self.batch = source, images, batch
         self.device = next(source.buffers(), next(source.parameters(), torch.empty(0))).device
         with torch.no_grad():
-            probe = source.parts(images[:1].to(self.device).float() / 255)
-        self.bytes_per_image = sum(p[0].numel() * 2 for p in probe)
-        self.nbytes = self.bytes_per_image * len(images)
-        self.parts = self._compute() if self.nbytes <= budget else None
-
-    @property
-    def cached(self) -> bool:
-        return self.parts is not None
+            parts = source.parts(images[:1].to(self.device).float() / 255)
+            full = source.assemble(parts)
+        sizes = {"features": full[0].numel() * 2, "parts": sum(p[0].numel() * 2 for p in parts)}
+        self.kind = next((k for k, b in sizes.items() if b * len(images) <= budget), None)
+        self.bytes_per_image = sizes[self.kind or "parts"]
+        self.nbytes = self.bytes_per_image * len(images) if self.kind else 0
+        self.stored = self._compute() if self.kind else None
 
     @torch.no_grad()
     def _compute(self) -> list[torch.Tensor]:
-        parts = None                                             # filled in place: the budget is the peak
+        stored = None                                            # filled in place: the budget is the peak
         for s in range(0, len(self.images), self.batch):
             new = self.source.parts(self.images[s:s + self.batch].to(self.device).float() / 255)
-            if parts is None:
-                parts = [torch.empty(len(self.images), *p.shape[1:], dtype=torch.float16) for p in new]
-            for whole, p in zip(parts, new):
+            if self.kind == "features":
+                new = [self.source.assemble(new)]
+            if stored is None:
+                stored = [torch.empty(len(self.images), *p.shape[1:], dtype=torch.float16) for p in new]
+            for whole, p in zip(stored, new):
                 whole[s:s + len(p)] = p.half().cpu()
-        return parts
+        return stored
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         """Features [len(idx), C, h, w] (fp32, on the source's device) of images idx."""
-        if self.parts is None:
+        if self.kind is None:
             return self.source(self.images[idx].to(self.device).float() / 255).float()
-        return self.source.assemble([p[idx].to(self.device) for p in self.parts]).float()
+        stored = [p[idx].to(self.device) for p in self.stored]
+        return (stored[0] if self.kind == "features" else self.source.assemble(stored)).float()
 
 
 def eval_crops(images: torch.Tensor, landmarks: torch.Tensor, visible: torch.Tensor, resize: int, crop: int):

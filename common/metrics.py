@@ -54,38 +54,46 @@ def sample_at(features: torch.Tensor, points: torch.Tensor, image_size) -> torch
     return rearrange(out, "n c p 1 -> n p c")
 
 
+def _taps(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where bilinear resizing (align_corners=False, as F.interpolate) reads along one axis: for each output
+    index, the first of its two input indices (the second is the next one, clamped at the edge) and the
+    weight of the second, by PyTorch's own formula."""
+    src = ((torch.arange(n_out, device=device, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    first = src.long().clamp(max=n_in - 1)
+    return first, (src - first).clamp(0, 1)
+
+
 @torch.no_grad()
 def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: torch.Tensor,
           image_size, chunk: int = 256, query_size=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry reference points to the query: the descriptor at each reference point, cosine similarity
     with the query's feature map upsampled (bilinearly) to the input resolution, arg-max.
-    Returns query points [N, P, 2] and their cosine scores [N, P]. Channels are processed in chunks,
-    so a 3840-d hypercolumn at 96 px never needs its full-resolution copy in memory. image_size is the
-    reference image's side or (height, width); query_size the query's (default: the same)."""
-    n, c = query_features.shape[:2]
+    Returns query points [N, P, 2] and their cosine scores [N, P]. image_size is the reference image's side
+    or (height, width); query_size the query's (default: the same).
+
+    The upsampled map is never built: each upsampled vector is a bilinear mix of (at most) four neighbouring
+    cells, so its dot products with the descriptors are the upsampled low-resolution dot products, and its
+    squared norm follows from the ten dot products among those four cells. Exact, and ~(stride^2) times less
+    work than upsampling every channel. Channels are taken `chunk` at a time to bound the memory."""
+    n, c, h, w = query_features.shape
     qh, qw = _hw(query_size or image_size)
     desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
-    dots = desc.new_zeros(n, qh * qw, ref_points.shape[1])
-    norm2 = desc.new_zeros(n, qh * qw, 1)
+    dots = desc.new_zeros(n, ref_points.shape[1], h, w)
+    grams = desc.new_zeros(n, 10, h, w)                  # <corner k, corner l> for k <= l, at each top-left cell
+    pairs = [(k, m) for k in range(4) for m in range(k, 4)]
     for a in range(0, c, chunk):
-        # channels-last upsampling is ~10x faster on a CPU, and gives the [N, S*S, c] layout directly
-        part = query_features[:, a:a + chunk].float().contiguous(memory_format=torch.channels_last)
-        up = F.interpolate(part, size=(qh, qw), mode="bilinear", align_corners=False)
-        up = rearrange(up, "n c h w -> n (h w) c")
-        dots += up @ desc[..., a:a + chunk].transpose(1, 2)
-        norm2 += (up * up).sum(-1, keepdim=True)
-    dots, norm2 = dots.transpose(1, 2), norm2.transpose(1, 2)                             # [N, P, S*S]
-    sim = dots / norm2.sqrt().clamp(min=1e-8)
+        part = query_features[:, a:a + chunk].float()
+        dots += torch.einsum("nchw,npc->nphw", part, desc[..., a:a + chunk])
+        pad = F.pad(part, (0, 1, 0, 1), mode="replicate")                 # the clamped neighbours at the edges
+        corners = [pad[..., :h, :w], pad[..., :h, 1:], pad[..., 1:, :w], pad[..., 1:, 1:]]   # 00, 01, 10, 11
+        grams += torch.stack([(corners[k] * corners[m]).sum(1) for k, m in pairs], 1)
+    (iy, ty), (ix, tx) = _taps(h, qh, dots.device), _taps(w, qw, dots.device)
+    wy, wx = torch.stack([1 - ty, ty]), torch.stack([1 - tx, tx])                          # [2, qh], [2, qw]
+    weight = rearrange(wy[:, None, :, None] * wx[None, :, None, :], "a b y x -> (a b) y x")  # [4, qh, qw]
+    pair_w = torch.stack([weight[k] * weight[m] * (1 if k == m else 2) for k, m in pairs])  # [10, qh, qw]
+    norm2 = (grams[:, :, iy][..., ix] * pair_w).sum(1)                                     # [N, qh, qw]
+    up = F.interpolate(dots, size=(qh, qw), mode="bilinear", align_corners=False)          # [N, P, qh, qw]
+    sim = rearrange(up / norm2.clamp_min(0).sqrt().clamp(min=1e-8)[:, None], "n p h w -> n p (h w)")
     score, idx = sim.max(-1)
     pts = torch.stack([idx % qw, idx // qw], -1).float()
     return pts, score
-
-
-@torch.no_grad()
-def matching_errors(extract, ref_images: torch.Tensor, query_images: torch.Tensor, ref_points: torch.Tensor,
-                    true_points: torch.Tensor) -> torch.Tensor:
-    """Pixel error [N, P] of carrying ref_points to the query images with the features of
-    `extract` (images [N, 3, S, S] -> feature maps [N, C, h, w] covering the image)."""
-    size = ref_images.shape[-1]
-    pred, _ = match(extract(ref_images), extract(query_images), ref_points, size)
-    return (pred - true_points).norm(dim=-1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import warped_pairs
-from .metrics import inter_ocular, matching_errors
+from .metrics import inter_ocular, match
 
 
 def _resized(cache, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,11 +44,12 @@ def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, b
     out: dict[str, list] = {"same": [], "same_floor": [], "diff": [], "diff_floor": [], "iod_a": [], "iod_b": []}
     for s in range(0, pairs, batch):
         img_a, lm_a = _resized(cache, a[s:s + batch], size)
+        feat_a = extract(img_a)                                  # the reference of both kinds of pair
         warped, truth, _ = warped_pairs(img_a, lm_a, g)
-        out["same"].append(matching_errors(extract, img_a, warped, lm_a, truth))
+        out["same"].append((match(feat_a, extract(warped), lm_a, size)[0] - truth).norm(dim=-1))
         out["same_floor"].append((lm_a - truth).norm(dim=-1))
         img_b, lm_b = _resized(cache, b[s:s + batch], size)
-        out["diff"].append(matching_errors(extract, img_a, img_b, lm_a, lm_b))
+        out["diff"].append((match(feat_a, extract(img_b), lm_a, size)[0] - lm_b).norm(dim=-1))
         out["diff_floor"].append((lm_a - lm_b).norm(dim=-1))
         out["iod_a"].append(inter_ocular(truth))
         out["iod_b"].append(inter_ocular(lm_b))
@@ -66,10 +67,11 @@ def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str,
 
     g = torch.Generator().manual_seed(seed)
     photo = torch.from_numpy(astronaut()[:320, 80:400]).permute(2, 0, 1)[None].float() / 255
-    images = F.interpolate(photo, size=(size, size), mode="area").repeat(pairs, 1, 1, 1)
+    photo = F.interpolate(photo, size=(size, size), mode="area")
     points = size * (0.2 + 0.6 * torch.rand(pairs, 16, 2, generator=g))   # inside, away from the borders
-    warped, truth, _ = warped_pairs(images, points, g)
-    err = matching_errors(extract, images, warped, points, truth)
+    warped, truth, _ = warped_pairs(photo.expand(pairs, -1, -1, -1), points, g)
+    ref, query = extract(torch.cat([photo, warped])).split([1, pairs])   # one photo: its features once
+    err = (match(ref.expand(pairs, -1, -1, -1), query, points, size)[0] - truth).norm(dim=-1)
     return {"photo_px": err.mean().item(), "photo_px_median": err.median().item(),
             "photo_floor_px": (points - truth).norm(dim=-1).mean().item()}
 

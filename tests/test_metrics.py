@@ -250,3 +250,25 @@ def test_match_low_precision_features(dtype):
     got, score = match(f.to(dtype), f.to(dtype), pts, s)
     assert torch.equal(got, pts)
     torch.testing.assert_close(score.float(), torch.ones(1, 3), atol=1e-2, rtol=0)
+
+
+def upsampled_cosine(ref, query, pts, ref_hw, query_hw):
+    """The reference computation that match avoids: the query map upsampled channel by channel to the
+    image, normalised, and compared with the normalised descriptors: [N, P, H*W]."""
+    desc = F.normalize(sample_at(ref, pts, ref_hw), dim=-1)
+    up = F.normalize(F.interpolate(query, size=query_hw, mode="bilinear", align_corners=False), dim=1)
+    return torch.einsum("npc,nchw->nphw", desc, up).flatten(2)
+
+
+@pytest.mark.parametrize("query_hw", [(64, 64), (50, 37), (9, 7)])
+def test_match_equals_the_upsampled_cosine(query_hw):
+    # non-square maps, a non-integer stride, a query of another size, and one smaller than its map
+    ref = torch.randn(2, 33, 13, 11, generator=gen(12))
+    query = torch.randn(2, 33, 13, 11, generator=gen(13)) + 0.5 * ref
+    pts = torch.rand(2, 25, 2, generator=gen(14)) * torch.tensor([43.0, 51.0])
+    sim = upsampled_cosine(ref, query, pts, (52, 44), query_hw)
+    got, score = match(ref, query, pts, (52, 44), chunk=8, query_size=query_hw)
+    torch.testing.assert_close(score, sim.max(-1).values, atol=1e-5, rtol=0)
+    # the chosen pixel is the best one, or within rounding of it
+    at = sim.gather(-1, (got[..., 1] * query_hw[1] + got[..., 0]).long()[..., None])[..., 0]
+    torch.testing.assert_close(at, sim.max(-1).values, atol=1e-5, rtol=0)

@@ -160,16 +160,21 @@ def test_load_source_tells_stage_1_from_stage_2_and_refuses_what_is_neither(tmp_
         load_source("pca:4", str(tmp_path / "s2"), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
-def test_store_gives_the_same_features_cached_or_not():
+def test_store_gives_the_same_features_stored_whole_as_parts_or_not_at_all():
     torch.manual_seed(0)
     source = load_source("random-resnet18")
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    cached, live = FeatureStore(source, images, budget=2**30, batch=2), FeatureStore(source, images, budget=0)
-    assert cached.cached and not live.cached
-    # a hypercolumn keeps its per-layer maps (64*8*8 + 128*4*4 + 256*2*2 + 512*1*1 values), not 960*8*8
-    assert cached.bytes_per_image == 2 * (64 * 64 + 128 * 16 + 256 * 4 + 512)
+    parts = 2 * (64 * 64 + 128 * 16 + 256 * 4 + 512)   # a hypercolumn's per-layer maps, fp16, per image
+    whole = 2 * 960 * 64                                # the upsampled 960-d hypercolumn at 8 x 8
+    stores = {budget: FeatureStore(source, images, budget=budget, batch=2)
+              for budget in (5 * whole, 5 * whole - 1, 5 * parts - 1)}
+    assert [(s.kind, s.bytes_per_image, s.nbytes) for s in stores.values()] == [
+        ("features", whole, 5 * whole), ("parts", parts, 5 * parts), (None, parts, 0)]
+    assert stores[5 * whole].stored[0].shape == (5, 960, 8, 8)
     idx = torch.tensor([4, 0, 2])
-    torch.testing.assert_close(cached(idx), live(idx), atol=2e-2, rtol=1e-2)
+    live = source(images[idx].float() / 255)
+    for store in stores.values():
+        torch.testing.assert_close(store(idx), live, atol=2e-2, rtol=1e-2)
 
 
 # ------------------------------------------------------------------------------------------------- the script
