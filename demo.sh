@@ -3,7 +3,7 @@
 #   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
 #
-#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~17.5 min on 2 cores)
+#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~14.5 min on 2 cores)
 #   bash demo.sh --quick    # the same steps with tiny sizes (~2 min): what CI runs
 #
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
@@ -17,7 +17,11 @@ if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
 if [ $# -gt 0 ]; then echo "usage: bash demo.sh [--quick]" >&2; exit 2; fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -r requirements.txt
+# install once per version of requirements.txt (pip's check of an installed environment alone takes ~6 s)
+if ! cmp -s requirements.txt .venv/.demo_requirements; then
+    .venv/bin/python -m pip install -q -r requirements.txt
+    cp requirements.txt .venv/.demo_requirements
+fi
 PY=.venv/bin/python
 LAUNCH=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
@@ -33,11 +37,11 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT=${DEMO_OUT:-runs/demo}
     DATA=(--dataset synthetic)
-    S1=(--crop_size 64 --batch_size 64 --max_steps 150 --checkpoint_every 50 --proj_hidden 512)
+    S1=(--crop_size 64 --batch_size 64 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
     S2=(--crop_size 64 --batch_size 32 --max_steps 150 --checkpoint_every 50)
     REG=(--resize 90 --crop 64 --epochs 3 --min_steps 100 --eval_every 50 --fit_rows 2048)
     FEW=(--num_train 5 20 100 --seeds 2)
-    MATCH=(--pairs 500 --size 64 --fit_rows 2048)
+    MATCH=(--pairs 300 --size 64 --fit_rows 2048)
 fi
 mkdir -p "$OUT"
 

@@ -116,10 +116,14 @@ class Distiller(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, teacher_maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [B, 3, S, S] and the teacher's layer maps of them -> the dense features [B, C, h, w] (what
-        stage 2 hands on) and their projections [B, h*w, C_head] (what the LEAD loss sees). A frozen
-        student encoder is the teacher, so its maps are the teacher's, computed once."""
-        maps = teacher_maps if self.frozen == 5 else self.student.encoder.layers(x)
+        """Images [B, 3, S, S] and the teacher's layer maps of them (or None) -> the dense features [B, C, h, w]
+        (what stage 2 hands on) and their projections [B, h*w, C_head] (what the LEAD loss sees). The student's
+        frozen stages are the teacher's, so the maps of its frozen layers are the teacher's, computed once."""
+        done = min(max(self.frozen - 1, 0), 4) if teacher_maps is not None else 0   # frozen layers 1..done
+        if done:
+            maps = teacher_maps[:done] + self.student.encoder.layers(teacher_maps[done - 1], start=done)
+        else:
+            maps = self.student.encoder.layers(x)
         features = self.student.decoder(maps)
         return features, rearrange(self.head(features[:, :self.lead_channels]), "b c h w -> b (h w) c")
 

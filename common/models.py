@@ -59,11 +59,13 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
     def hypercolumn_dim(self) -> int:
         return sum(self.channels)
 
-    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Layer 1-4 maps at strides 4, 8, 16, 32 of images x in [0, 1]."""
-        x = self.stem((x - self.mean) / self.std)
+    def layers(self, x: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+        """Layer 1-4 maps at strides 4, 8, 16, 32 of images x in [0, 1]. With start = k in 1-4, x is layer k's
+        map, computed already, and the maps of layers k+1 to 4 are returned (none for k = 4)."""
+        if start == 0:
+            x = self.stem((x - self.mean) / self.std)
         out = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[start:]:
             x = layer(x)
             out.append(x)
         return out

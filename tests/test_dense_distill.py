@@ -192,3 +192,28 @@ def test_dve_channels_give_each_term_its_own_channels(cache_dir, tmp_path, teach
     for bad in (["--dve_channels", "6"], ["--objective", "lead+dve", "--dve_channels", "16"]):
         with pytest.raises(DataError, match="--dve_channels splits the features between LEAD and DVE"):
             run(teacher, tmp_path / "bad", "--max_steps", "1", *bad)
+
+
+@pytest.mark.parametrize("frozen", [1, 2, 3, 5])
+def test_frozen_layers_are_taken_from_the_teacher(frozen):
+    # the student starts after its last frozen layer, from the teacher's map: the same output and gradients
+    # as running its whole encoder
+    torch.manual_seed(0)
+    teacher = ResNetEncoder("resnet18").eval()
+    student = DenseExtractor("resnet18", 16, 16)
+    student.encoder.load_state_dict(teacher.state_dict())
+    model = dense_distill.Distiller(student, 8, frozen)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        maps = teacher.layers(x)
+    outputs, grads = [], []
+    for given in (maps, None):
+        features, f = model(x, given)
+        (features.square().mean() + f.square().mean()).backward()
+        outputs.append((features, f))
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        model.zero_grad()
+    for a, b in zip(outputs[0], outputs[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
