@@ -25,14 +25,15 @@ from einops import rearrange
 from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
 from common.data import at_least, data_args, load_tensors
-from common.losses import byol_loss, pixel_loss
+from common.losses import byol_loss, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
 from common.probe import probe_all, probe_line, probe_table
-from common.training import (LARS, Counter, Reporter, check_batch, checkpoint_dirs, ema_momentum, ema_update,
-                             eval_mode, lars_groups, local_batch, make_accelerator, prepare_output, run_args,
-                             save_args, save_checkpoint, save_final, warmup_cosine)
+from common.training import (LARS, FiniteGuard, Reporter, check_batch, check_resume_args, ema_momentum, ema_update,
+                             eval_mode, freeze_batchnorm, lars_groups, load_checkpoint, local_batch,
+                             make_accelerator, prepare_output, run_args, save_args, save_checkpoint, save_final,
+                             warmup_cosine)
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel")
@@ -125,8 +126,9 @@ class BYOL(nn.Module):
             loss = loss + byol_loss(self.predictor(z1), t2) + byol_loss(self.predictor(z2), t1)
         if self.pixel:
             (pos12, in12), (pos21, in21) = corr
-            loss = loss + self.dense_weight * (pixel_loss(self.dense_predictor(d1), e2, pos12, in12)
-                                               + pixel_loss(self.dense_predictor(d2), e1, pos21, in21))
+            loss = loss + self.dense_weight * (
+                pixel_loss(self.dense_predictor(d1), e2, pos12, in12, mean_divisor(in12.to(e2.device)))
+                + pixel_loss(self.dense_predictor(d2), e1, pos21, in21, mean_divisor(in21.to(e1.device))))
         return loss
 
 
@@ -220,6 +222,8 @@ def main(args) -> dict:
     check_hub(args, "lead-byol")
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
+    if args.resume:
+        check_resume_args(args, out)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
     with accelerator.main_process_first():
@@ -231,49 +235,46 @@ def main(args) -> dict:
     model, opt, sched = accelerator.prepare(model, opt, sched)
     target.to(accelerator.device).train()
     if args.bn_eval:
-        for m in list(model.modules()) + list(target.modules()):
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    counter = Counter()
-    accelerator.register_for_checkpointing(target, counter)
-    if args.resume:
-        accelerator.load_state(str(checkpoint_dirs(out)[-1]))
-    elif accelerator.is_main_process:
+        freeze_batchnorm(model, target)
+    state = {"model": model, "target": target}                  # what a checkpoint holds, with opt and sched
+    step = load_checkpoint(accelerator, out, state, opt, sched) if args.resume else 0
+    if not args.resume and accelerator.is_main_process:
         save_args(args, out)
-    stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
+    stop = total if args.exit_after_steps is None else min(total, step + args.exit_after_steps)
     t0, seen, baseline = time.perf_counter(), 0, {}
-    report = Reporter(accelerator, out, "lead-byol", vars(args), total, counter.step)
+    report = Reporter(accelerator, out, "lead-byol", vars(args), total, step)
+    guard = FiniteGuard(accelerator.device)
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
-    while counter.step < stop:
-        images = local_batch(cache, args.batch_size, counter.step, args.seed, accelerator)
-        loss = train_step(accelerator, model, target, opt, sched, images, args, counter.step, total)
-        counter.step += 1
+    while step < stop:
+        images = local_batch(cache, args.batch_size, step, args.seed, accelerator)
+        loss = train_step(accelerator, model, target, opt, sched, images, args, step, total)
+        step += 1
+        guard.update(loss, step)
         seen += args.batch_size
         report.advance()
-        if counter.step % args.log_every == 0 or counter.step == stop:
+        if step % args.log_every == 0 or step == stop:
+            guard.check(accelerator, out)
             loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
-            report.log(counter.step, {"loss": loss, "lr": sched.get_last_lr()[0],
-                                      "pairs_per_s": seen / (time.perf_counter() - t0),
-                                      "elapsed_s": time.perf_counter() - t0,
-                                      "world_size": accelerator.num_processes})
-        if every and counter.step % every == 0 and counter.step < total:
-            report.log(counter.step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder,
-                                                     baseline)})
+            report.log(step, {"loss": loss, "lr": sched.get_last_lr()[0],
+                              "pairs_per_s": seen / (time.perf_counter() - t0), "elapsed_s": time.perf_counter() - t0,
+                              "world_size": accelerator.num_processes})
+        if every and step % every == 0 and step < total:
+            report.log(step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)})
             accelerator.wait_for_everyone()
-        if counter.step % args.checkpoint_every == 0 or counter.step == stop:
-            save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
-    if counter.step < total:
+        if step % args.checkpoint_every == 0 or step == stop:
+            guard.check(accelerator, out)
+            save_checkpoint(accelerator, out, step, args.checkpoints_total_limit, state, opt, sched)
+    if step < total:
         report.close()
-        logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
-        return {"step": counter.step}
+        logger.info("stopped after step %d of %d; continue with --resume", step, total)
+        return {"step": step}
     encoder = accelerator.unwrap_model(model).encoder
     result = probe(args, accelerator, encoder, baseline)
     if result:
-        report.log(counter.step, {"probe": result})
+        report.log(step, {"probe": result})
     report.close()
-    save_final(accelerator, out, encoder, model_card(args, out, result, counter.step),
-               args, "LEAD stage 1 (BYOL)")
-    return {"step": counter.step, "probe": result}
+    save_final(accelerator, out, encoder, model_card(args, out, result, step), args, "LEAD stage 1 (BYOL)")
+    return {"step": step, "probe": result}
 
 
 if __name__ == "__main__":

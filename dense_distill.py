@@ -33,9 +33,9 @@ from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
 from common.probe import probe_all, probe_line, probe_table
-from common.training import (Counter, Reporter, check_batch, checkpoint_dirs, eval_mode, local_batch,
-                             make_accelerator, prepare_output, run_args, save_args, save_checkpoint, save_final,
-                             warmup_cosine)
+from common.training import (FiniteGuard, Reporter, check_batch, check_resume_args, eval_mode, freeze_batchnorm,
+                             load_checkpoint, local_batch, make_accelerator, prepare_output, run_args, save_args,
+                             save_checkpoint, save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -53,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
     g.add_argument("--keep_frozen", type=int, default=0, choices=range(5),
                    help="with --unfreeze_encoder, the first N stages stay frozen (1: the stem, 2: and layer 1, ...)")
+    g.add_argument("--bn_eval", action="store_true",
+                   help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
+                        "runs with different numbers of processes exactly)")
     g = parser.add_argument_group("Loss")
     g.add_argument("--objective", default="lead", choices=OBJECTIVES,
                    help="lead: the paper's distillation; dve: DVE's equivariance through an auxiliary image "
@@ -246,6 +249,8 @@ def main(args) -> dict:
     teacher = load_teacher(args.init_from)
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
+    if args.resume:
+        check_resume_args(args, out)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
     with accelerator.main_process_first():
@@ -259,43 +264,46 @@ def main(args) -> dict:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
     model, opt, sched = accelerator.prepare(model, opt, sched)
     teacher = teacher.to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
-    counter = Counter()
-    accelerator.register_for_checkpointing(counter)
-    if args.resume:
-        accelerator.load_state(str(checkpoint_dirs(out)[-1]))
-    elif accelerator.is_main_process:
+    if args.bn_eval:
+        freeze_batchnorm(model)
+    step = load_checkpoint(accelerator, out, {"model": model}, opt, sched) if args.resume else 0
+    if not args.resume and accelerator.is_main_process:
         save_args(args, out)
     local = args.batch_size // accelerator.num_processes
     n = math.ceil(args.crop_size / 4) ** 2                               # positions of the stride-4 map
     chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
-    stop = total if args.exit_after_steps is None else min(total, counter.step + args.exit_after_steps)
+    stop = total if args.exit_after_steps is None else min(total, step + args.exit_after_steps)
     t0, seen = time.perf_counter(), 0
-    report = Reporter(accelerator, out, "lead-distill", vars(args), total, counter.step)
-    while counter.step < stop:
-        images = local_batch(cache, args.batch_size, counter.step, args.seed, accelerator)
-        loss = train_step(accelerator, model, teacher, opt, sched, images, args, counter.step, chunk)
-        counter.step += 1
+    report = Reporter(accelerator, out, "lead-distill", vars(args), total, step)
+    guard = FiniteGuard(accelerator.device)
+    while step < stop:
+        images = local_batch(cache, args.batch_size, step, args.seed, accelerator)
+        loss = train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk)
+        step += 1
+        guard.update(loss, step)
         seen += args.batch_size
         report.advance()
-        if counter.step % args.log_every == 0 or counter.step == stop:
+        if step % args.log_every == 0 or step == stop:
+            guard.check(accelerator, out)
             loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
             elapsed = time.perf_counter() - t0
-            report.log(counter.step, {"loss": loss, "lr": sched.get_last_lr()[0], "images_per_s": seen / elapsed,
-                                      "elapsed_s": elapsed, "world_size": accelerator.num_processes})
-        if counter.step % args.checkpoint_every == 0 or counter.step == stop:
-            save_checkpoint(accelerator, out, counter.step, args.checkpoints_total_limit)
-    if counter.step < total:
+            report.log(step, {"loss": loss, "lr": sched.get_last_lr()[0], "images_per_s": seen / elapsed,
+                              "elapsed_s": elapsed, "world_size": accelerator.num_processes})
+        if step % args.checkpoint_every == 0 or step == stop:
+            guard.check(accelerator, out)
+            save_checkpoint(accelerator, out, step, args.checkpoints_total_limit, {"model": model}, opt, sched)
+    if step < total:
         report.close()
-        logger.info("stopped after step %d of %d; continue with --resume", counter.step, total)
-        return {"step": counter.step}
+        logger.info("stopped after step %d of %d; continue with --resume", step, total)
+        return {"step": step}
     student = accelerator.unwrap_model(model).student
     result = probe(args, accelerator, student, teacher)
     if result:
-        report.log(counter.step, {"probe": result})
+        report.log(step, {"probe": result})
     report.close()
-    save_final(accelerator, out, student, model_card(args, out, result, counter.step, teacher),
+    save_final(accelerator, out, student, model_card(args, out, result, step, teacher),
                args, "LEAD stage 2 (dense distillation)")
-    return {"step": counter.step, "probe": result}
+    return {"step": step, "probe": result}
 
 
 if __name__ == "__main__":

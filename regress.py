@@ -35,7 +35,7 @@ from common.files import write_json
 from common.metrics import EYES, inter_ocular, iod_error
 from common.models import LandmarkRegressor
 from common.hub import check_hub, data_line, hub_args, model_card, model_ref, push_to_hub
-from common.training import make_accelerator, prepare_output, save_args
+from common.training import check_resume_args, make_accelerator, prepare_output, save_args
 from common.viz import landmark_grid
 
 logger = logging.getLogger("lead")
@@ -84,6 +84,9 @@ def load_eval_split(args, split: str) -> dict:
     cache = load_tensors(args, split)
     if len(cache) == 0:
         raise DataError(f"the {split} split is empty")
+    if cache.landmarks.shape[1] == 0:
+        raise DataError(f"--dataset {args.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
+                        "data set")
     parts = []
     for s in range(0, len(cache), 256):                          # bounded memory on large sets
         b = cache.batch(range(s, min(s + 256, len(cache))))
@@ -316,17 +319,13 @@ def check_args(args) -> None:
     check_hub(args, "lead-regressor")
     if args.resize < args.crop:
         raise DataError(f"--crop {args.crop} is larger than --resize {args.resize}")
+    if args.dataset == "imagefolder":
+        raise DataError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
+                        "(synthetic, celeba, mafl, aflw_m, aflw_r, 300w or cub)")
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
-        if not (out / "args.json").is_file():
-            raise DataError(f"{out}: nothing to resume (no args.json)")
-        before = json.loads((out / "args.json").read_text())
-        now = json.loads(json.dumps(vars(args), default=str))
-        changed = sorted(k for k in (now.keys() | before.keys()) - FREE_ON_RESUME if before.get(k) != now.get(k))
-        if changed:
-            raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
-                            "--output_dir, or --overwrite")
+        check_resume_args(args, out, FREE_ON_RESUME)
 
 
 def load_data(args) -> dict:

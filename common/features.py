@@ -148,6 +148,9 @@ def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
             raise DataError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
         return "random"
     config = _config(spec)
+    if "num_points" in config:
+        raise DataError(f"{spec}: a landmark regressor (regress.py's final/), not features: give a stage-1 or "
+                        "stage-2 final/")
     if "feature_dim" in config:
         return "compact"
     if "arch" in config:
@@ -169,7 +172,8 @@ def load_model(source: str) -> FeatureSource:
         enc = ResNetEncoder.from_pretrained(source)
         return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
     except Exception as e:                                    # a config that does not fit its weights
-        raise DataError(f"{source}: cannot load the model ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]      # one line: size mismatches list every tensor
+        raise DataError(f"{source}: cannot load the model ({type(e).__name__}: {first})") from None
 
 
 @torch.no_grad()

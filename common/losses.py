@@ -13,17 +13,30 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor, positions: torch.Tensor,
-               valid: torch.Tensor) -> torch.Tensor:
+               valid: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-level BYOL (PixPro's pixel propagation without the propagation module): the online
     prediction [B, C, g, g] of view 1 against the target's map [B, C, h, w] of view 2, sampled
     bilinearly at `positions` [B, g*g, 2] (where each cell of view 1 lies in view 2, normalised
     coordinates); 2 - 2 cos averaged over the cells inside view 2 (`valid` [B, g*g]). Positions in
-    the outer half cell of the target map take its edge cells (border padding), not a blend with 0."""
+    the outer half cell of the target map take its edge cells (border padding), not a blend with 0.
+    `count` replaces valid's own count as the divisor (see mean_divisor: the global batch's mean under
+    data parallelism)."""
     z = F.grid_sample(target.detach().float(), positions[:, :, None].to(target.device, torch.float32),
                       mode="bilinear", padding_mode="border", align_corners=False)[..., 0]  # [B, C, g*g]
     cos = F.cosine_similarity(prediction.flatten(2).float(), z, dim=1)                # [B, g*g]
     valid = valid.to(cos.device, cos.dtype)
-    return ((2 - 2 * cos) * valid).sum() / valid.sum().clamp_min(1)
+    return ((2 - 2 * cos) * valid).sum() / (valid.sum() if count is None else count).clamp_min(1)
+
+
+def mean_divisor(valid: torch.Tensor) -> torch.Tensor:
+    """The divisor that makes a masked mean over this process's cells the mean over the global batch's: the
+    valid cells of all processes divided by their number (gradients are averaged over processes). One
+    all-reduce of a scalar on the device, no host sync; valid's own count in a single process."""
+    count = valid.sum().float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count = count / torch.distributed.get_world_size()
+    return count
 
 
 def lead_loss(f_i: torch.Tensor, f_j: torch.Tensor, h_i: torch.Tensor, h_j: torch.Tensor, tau: float = 0.05,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import load_state, save_state
 from .data.images import DataError
 from .hub import hub_args, push_to_hub
 
@@ -32,6 +33,15 @@ def eval_mode(module: torch.nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def freeze_batchnorm(*modules: torch.nn.Module) -> None:
+    """--bn_eval: every BatchNorm layer on its running statistics (tiny per-process batches; runs with other
+    numbers of processes that must agree exactly, since SyncBatchNorm has no CPU implementation)."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def run_args(output_dir: str) -> argparse.ArgumentParser:
@@ -127,6 +137,26 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
         out.mkdir(parents=True, exist_ok=True)
 
 
+# flags that change nothing a run computes: a resumed run may give them other values
+FREE_ON_RESUME = {"resume", "overwrite", "exit_after_steps", "log_every", "checkpoint_every",
+                  "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id", "hub_private",
+                  "data_workers", "probe_pairs", "eval_every", "argv"}
+
+
+def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME) -> None:
+    """--resume continues the run of `out` with its own settings: another value of a flag that changes the
+    result (a model from another architecture, other data, another schedule) is a one-line error, before
+    anything is loaded or written."""
+    if not (out / "args.json").is_file():
+        raise DataError(f"{out}: nothing to resume (no args.json)")
+    before = json.loads((out / "args.json").read_text())
+    now = json.loads(json.dumps(vars(args), default=str))
+    changed = sorted(k for k in (now.keys() | before.keys()) - free if before.get(k) != now.get(k))
+    if changed:
+        raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
+                        "--output_dir, or --overwrite")
+
+
 def save_args(args, out: Path) -> None:
     (out / "args.json").write_text(json.dumps({**vars(args), "argv": sys.argv}, indent=1, default=str))
 
@@ -149,38 +179,57 @@ def ema_update(target: list[torch.Tensor], online: list[torch.Tensor], momentum:
     torch._foreach_lerp_(target, online, 1 - momentum)
 
 
-class Counter:
-    """The step count, saved and restored with the rest of the Accelerate state."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
 def checkpoint_dirs(out: Path) -> list[Path]:
     """Finished checkpoints, oldest first (a half-written one has a temporary name)."""
     found = [p for p in (out / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
-    """Write the Accelerate state to a temporary folder, then rename it into place (a kill during
-    the write never leaves a 'latest' that is half written); keep the newest `keep`."""
-    tmp = out / "checkpoints" / f".tmp_step_{step}"
-    accelerator.save_state(str(tmp))
+def save_checkpoint(accelerator, out: Path, step: int, keep: int, modules: dict, opt, sched) -> None:
+    """The training state after `step` steps (common.checkpoint: safetensors and JSON, no pickle), written by the
+    main process to a temporary folder, then renamed into place: a kill during the write never leaves a
+    'latest' that is half written. The newest `keep` are kept."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = out / "checkpoints" / f"step_{step}"
+        tmp, final = out / "checkpoints" / f".tmp_step_{step}", out / "checkpoints" / f"step_{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = {"step": step}
+        if accelerator.scaler is not None:                     # fp16's loss scale
+            state["scaler"] = accelerator.scaler.state_dict()
+        save_state(tmp, {k: accelerator.unwrap_model(m) for k, m in modules.items()}, opt, sched, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, out: Path, modules: dict, opt, sched) -> int:
+    """Restore the newest finished checkpoint of `out` into modules, optimizer and scheduler; its step."""
+    state = load_state(checkpoint_dirs(out)[-1], {k: accelerator.unwrap_model(m) for k, m in modules.items()},
+                       opt, sched, accelerator.device)
+    if "scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+class FiniteGuard:
+    """The first step whose loss was not finite, kept on the device, so watching every step costs no host sync;
+    check() reads it (at logging steps and before each checkpoint) and stops the run, naming the step, before
+    anything after it is saved."""
+
+    def __init__(self, device):
+        self.first = torch.tensor(-1, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
+
+    def check(self, accelerator, out: Path) -> None:
+        first = int(accelerator.gather(self.first[None]).max())        # any process's
+        if first >= 0:
+            kept = checkpoint_dirs(out)
+            raise DataError(f"the loss was not finite at step {first}: stopped, nothing after it saved (last good "
+                            f"checkpoint: {kept[-1] if kept else 'none'}); lower --lr, or use --mixed_precision no")
 
 
 class LARS(torch.optim.Optimizer):

@@ -123,7 +123,11 @@ def _fill(ds: datasets.Dataset, tmp: Path, size: int, name: str, max_bad_frac: f
     has_lm = "landmarks" in ds.column_names
     k = ds.features["landmarks"].shape[0] if has_lm else 0  # from the schema: row 0 may be a bad image
     cache = TensorCache.create(tmp, len(ds), size, k)
-    ledger = BadLedger(name, max_bad_frac, total=len(ds))
+    try:                                 # what the reader skipped already (records_to_dataset): counted here too
+        before = [tuple(b) for b in json.loads(ds.info.description or "{}").get("skipped", [])]
+    except (ValueError, AttributeError):
+        before = []
+    ledger = BadLedger(name, max_bad_frac, total=len(ds) + len(before), bad=before)
     raw = ds.cast_column("image", datasets.Image(decode=False))
     n = 0
     for i, row in enumerate(raw):

@@ -12,6 +12,7 @@ top-left pixel is (0, 0); the image spans [-0.5, W - 0.5]). Readers of 1-based f
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,4 +120,6 @@ def records_to_dataset(records: list[dict], name: str, max_bad_frac: float = 0.0
             vis = rec.get("visible")
             rows["visible"].append([True] * num_points if vis is None else [bool(v) for v in vis])
     ledger.report()
-    return datasets.Dataset.from_dict(rows, features=features(num_points))
+    # the skipped files travel with the rows, so that the tensor cache built from them lists them too
+    info = datasets.DatasetInfo(description=json.dumps({"skipped": ledger.bad}), features=features(num_points))
+    return datasets.Dataset.from_dict(rows, features=info.features, info=info)
