@@ -73,3 +73,13 @@ def hub_snapshot(cache: Path, repo: str, files: dict) -> bool:
     (base / "refs").mkdir()
     (base / "refs" / "main").write_text(commit)
     return True
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A stage-1 final/ folder: what byol_pretrain.py writes (here untrained, to keep the tests fast)."""
+    from common.models import ResNetEncoder
+    folder = tmp_path_factory.mktemp("byol") / "final"
+    torch.manual_seed(0)
+    ResNetEncoder("resnet18").save_pretrained(folder)
+    return folder

@@ -16,15 +16,6 @@ TINY = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batc
         "--checkpoint_every", "100", "--warmup_epochs", "0"]
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """A stage-1 final/ folder: what byol_pretrain.py writes (here untrained, to keep the test fast)."""
-    folder = tmp_path_factory.mktemp("byol") / "final"
-    torch.manual_seed(0)
-    ResNetEncoder("resnet18").save_pretrained(folder)
-    return folder
-
-
 def run(teacher, out, *extra):
     args = dense_distill.get_args_parser().parse_args(TINY + ["--init_from", str(teacher), "--output_dir", str(out),
                                                               *extra])

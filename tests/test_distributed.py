@@ -11,12 +11,10 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import byol_pretrain
 import dense_distill
-from common.models import ResNetEncoder
 from conftest import ROOT
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",
@@ -60,14 +58,6 @@ def test_two_nodes_follow_the_loss_curve_of_one_process(cache_dir, tmp_path):
     assert world2 == {2} and world1 == {1} and len(one) == 4
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=TOLERANCE, atol=0)
     assert abs(one[-1] - one[0]) > 100 * TOLERANCE * abs(one[0])        # the curve moves: a real comparison
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("byol") / "final"
-    torch.manual_seed(0)
-    ResNetEncoder("resnet18").save_pretrained(folder)
-    return folder
 
 
 def test_stage_2_on_two_processes_follows_the_loss_curve_of_one(cache_dir, tmp_path, teacher):

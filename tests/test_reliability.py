@@ -26,14 +26,6 @@ STAGE2 = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--ba
           "--warmup_epochs", "0", "--probe_pairs", "0", "--unfreeze_encoder", "--keep_frozen", "2"]
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("byol") / "final"
-    torch.manual_seed(0)
-    ResNetEncoder("resnet18").save_pretrained(folder)
-    return folder
-
-
 def stage(script: str, teacher):
     if script == "byol_pretrain.py":
         return byol_pretrain, STAGE1
