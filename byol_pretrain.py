@@ -24,8 +24,8 @@ from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
-from common.data import at_least, data_args, load_tensors
-from common.losses import byol_loss, mean_divisor, pixel_loss
+from common.data import DataError, at_least, data_args, load_tensors
+from common.losses import byol_loss, dve_views, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
@@ -53,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="byol: image-level BYOL (the paper); pixel: BYOL between the dense maps of the two views at "
                         "corresponding positions (PixPro-style); byol+pixel: both")
     g.add_argument("--dense_weight", type=float, default=1.0, help="weight of the pixel term in byol+pixel")
+    g.add_argument("--dve_weight", type=float, default=0.0,
+                   help="with a pixel objective: add DVE's equivariance through another face (dense_distill.py's "
+                        "--objective dve) on the dense projections, with this weight (0: off)")
     g.add_argument("--dense_grid", type=at_least(2), default=8,
                    help="side of the grid the pixel objective resizes layers 1-4 to")
     g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
@@ -91,9 +94,9 @@ class BYOL(nn.Module):
     pixel-level on layers 1-4 resized to a grid (1x1 convs, PixPro-style)."""
 
     def __init__(self, encoder: ResNetEncoder, hidden: int, dim: int, objective: str = "byol",
-                 grid: int = 8, dense_weight: float = 1.0):
+                 grid: int = 8, dense_weight: float = 1.0, dve_weight: float = 0.0):
         super().__init__()
-        self.encoder, self.grid, self.dense_weight = encoder, grid, dense_weight
+        self.encoder, self.grid, self.dense_weight, self.dve_weight = encoder, grid, dense_weight, dve_weight
         self.image, self.pixel = "byol" in objective.split("+"), "pixel" in objective.split("+")
         if self.image:
             self.projector = MLPHead(encoder.width, hidden, dim)
@@ -116,8 +119,9 @@ class BYOL(nn.Module):
                 delattr(target, name)
         return target.requires_grad_(False)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor, target: "BYOL", corr=None) -> torch.Tensor:
-        """corr: (positions, valid) of view 1's cells in view 2 and of view 2's in view 1 (pixel only)."""
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, target: "BYOL", corr=None, crops=None) -> torch.Tensor:
+        """corr: (positions, valid) of view 1's cells in view 2 and of view 2's in view 1 (pixel only);
+        crops: the two views' crop parameters (for the DVE term)."""
         (z1, d1), (z2, d2) = self.embed(v1), self.embed(v2)
         with torch.no_grad():
             (t1, e1), (t2, e2) = target.embed(v1), target.embed(v2)
@@ -129,6 +133,8 @@ class BYOL(nn.Module):
             loss = loss + self.dense_weight * (
                 pixel_loss(self.dense_predictor(d1), e2, pos12, in12, mean_divisor(in12.to(e2.device)))
                 + pixel_loss(self.dense_predictor(d2), e1, pos21, in21, mean_divisor(in21.to(e1.device))))
+        if self.dve_weight:
+            loss = loss + self.dve_weight * dve_views(torch.cat([d1, d2]), *crops, tau=0.05, power=0.5)
         return loss
 
 
@@ -146,7 +152,8 @@ def new_encoder(args) -> ResNetEncoder:
 def build(args, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     encoder = new_encoder(args)
-    model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight)
+    model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight,
+                 args.dve_weight)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     target = model.make_target()
@@ -171,7 +178,7 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
     if "pixel" in args.objective:
         corr = (view_correspondence(p1, p2, args.dense_grid), view_correspondence(p2, p1, args.dense_grid))
     with accelerator.accumulate(model):
-        loss = model(v1, v2, target, corr)
+        loss = model(v1, v2, target, corr, (p1, p2))
         accelerator.backward(loss)
         opt.step()
         sched.step()
@@ -219,6 +226,9 @@ def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
 
 def main(args) -> dict:
     out = Path(args.output_dir)
+    if args.dve_weight and "pixel" not in args.objective:
+        raise DataError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
+                        f"byol+pixel, got {args.objective}")
     check_hub(args, "lead-byol")
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)

@@ -24,11 +24,11 @@ import torch.nn as nn
 from accelerate.utils import set_seed
 from einops import rearrange
 
-from common.augment import cell_centres, make_views, view_configs, view_correspondence
+from common.augment import make_views, view_configs
 from common.cli import run
 from common.data import DataError, at_least, data_args, load_tensors
 from common.features import check_source, load_model
-from common.losses import auto_chunk, dve_loss, lead_loss
+from common.losses import auto_chunk, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
@@ -142,20 +142,6 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
         f2r, h2r = f2.roll(1, 0), h2.roll(1, 0)
         cross = (lead_loss(f1, f2r, h1, h2r, tau, chunk) + lead_loss(f2r, f1, h2r, h1, tau, chunk)) / 2
     return views + cross if pairs != "both" else (views + cross) / 2
-
-
-def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: float) -> torch.Tensor:
-    """DVE's loss between the two views (both directions), each matched through the same view of the previous
-    image of the batch, another face. features: the two views stacked [2B, C, g, g]; p1, p2: the views' crops."""
-    g = features.shape[-1]
-    f1, f2 = rearrange(features, "b c h w -> b (h w) c").chunk(2)
-    cells = cell_centres(g, features.device) * g / 2                     # normalised -> units of one cell
-    total = 0.0
-    for fa, fb, pa, pb in ((f1, f2, p1, p2), (f2, f1, p2, p1)):
-        target, valid = view_correspondence(pa, pb, g)
-        total = total + dve_loss(fa, fb, fa.roll(1, 0), target.to(features.device) * g / 2,
-                                 valid.to(features.device), cells, tau, power)
-    return total / 2
 
 
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch.utils.checkpoint import checkpoint
+
+from common.augment import cell_centres, view_correspondence
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -108,3 +111,17 @@ def dve_loss(f1: torch.Tensor, f2: torch.Tensor, fa: torch.Tensor, target: torch
         per_u = (q * dist).sum(-1)                                                     # [B, N] expected distance
         valid = valid.to(per_u.dtype)
         return (per_u * valid).sum() / valid.sum().clamp_min(1)
+
+
+def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: float) -> torch.Tensor:
+    """DVE's loss between the two views (both directions), each matched through the same view of the previous
+    image of the batch, another face. features: the two views stacked [2B, C, g, g]; p1, p2: the views' crops."""
+    g = features.shape[-1]
+    f1, f2 = rearrange(features, "b c h w -> b (h w) c").chunk(2)
+    cells = cell_centres(g, features.device) * g / 2                     # normalised -> units of one cell
+    total = 0.0
+    for fa, fb, pa, pb in ((f1, f2, p1, p2), (f2, f1, p2, p1)):
+        target, valid = view_correspondence(pa, pb, g)
+        total = total + dve_loss(fa, fb, fa.roll(1, 0), target.to(features.device) * g / 2,
+                                 valid.to(features.device), cells, tau, power)
+    return total / 2

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import byol_pretrain
-import dense_distill
 from common.augment import ViewConfig, byol_views, cell_centres, crop_theta, view_correspondence, view_params
-from common.losses import dve_loss, pixel_loss
+from common.data import DataError
+from common.losses import dve_loss, dve_views, pixel_loss
 from common.models import ResNetEncoder, dense_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,6 +115,31 @@ def test_target_has_no_predictors_and_the_ema_pairs_match():
     assert all(not p.requires_grad for p in t)
 
 
+def test_stage_1_dve_term_adds_dve_views_of_the_dense_projections():
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    model = byol_pretrain.BYOL(ResNetEncoder("resnet18"), 32, 16, "pixel", 4).eval()
+    target = model.make_target().eval()
+    images = torch.rand(4, 3, 48, 48, generator=g)
+    p1, p2 = view_params(4, GEOMETRY, g), view_params(4, GEOMETRY, g)
+    v1, v2 = byol_views(images, p1, 32), byol_views(images, p2, 32)
+    corr = (view_correspondence(p1, p2, 4), view_correspondence(p2, p1, 4))
+    plain = model(v1, v2, target, corr, (p1, p2))
+    model.dve_weight = 2.5
+    with_dve = model(v1, v2, target, corr, (p1, p2))
+    d = torch.cat([model.embed(v)[1] for v in (v1, v2)])                              # [8, 16, 4, 4]
+    expected = plain + 2.5 * dve_views(d, p1, p2, tau=0.05, power=0.5)
+    torch.testing.assert_close(with_dve, expected)
+    assert with_dve > plain
+
+
+def test_stage_1_dve_term_needs_a_pixel_objective(tmp_path):
+    args = byol_pretrain.get_args_parser().parse_args(["--dve_weight", "1", "--output_dir", str(tmp_path / "r")])
+    with pytest.raises(DataError, match="--dve_weight adds a term on the dense projections: it needs"):
+        byol_pretrain.main(args)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("objective", ["pixel", "byol+pixel"])
 def test_pixel_objectives_train(cache_dir, tmp_path, objective):
     from test_byol_pretrain import run
@@ -178,12 +203,12 @@ def test_dve_rewards_features_shared_across_images_and_wires_the_views_right():
 
     shared = torch.cat([place_code(source(p)) for p in (p1, p2)])                     # [2n, N, C]
     maps = rearrange(shared, "b (h w) c -> b c h w", h=grid)
-    good = dense_distill.dve_views(maps, p1, p2, tau=0.02, power=0.5)
-    swapped = dense_distill.dve_views(maps, p2, p1, tau=0.02, power=0.5)        # the truth of the other direction
+    good = dve_views(maps, p1, p2, tau=0.02, power=0.5)
+    swapped = dve_views(maps, p2, p1, tau=0.02, power=0.5)        # the truth of the other direction
     assert good < 0.8 and swapped > 1.3 * good     # 0.8: about the distance from a point to its nearest cell
     # image-specific features (a random code per image and position) match one view to the other only
     # through the same image; DVE's exchange through another image leaves them lost
     own = torch.randn(n, 64, 2 * grid, 2 * grid, generator=g)
     specific = torch.cat([F.grid_sample(own, F.affine_grid(crop_theta(p), [n, 64, grid, grid], align_corners=False),
                                         align_corners=False) for p in (p1, p2)])
-    assert dense_distill.dve_views(specific, p1, p2, tau=0.02, power=0.5) > 1.8 * good
+    assert dve_views(specific, p1, p2, tau=0.02, power=0.5) > 1.8 * good

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import dense_distill
 from common.data import DataError
-from common.losses import lead_loss
+from common.losses import dve_views, lead_loss
 from common.models import DenseExtractor, ResNetEncoder
 
 TINY = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8", "--lr", "1e-2",
@@ -172,7 +172,7 @@ def test_dve_channels_give_each_term_its_own_channels(cache_dir, tmp_path, teach
     g_lead, = torch.autograd.grad(dense_distill.pair_loss(f, h, "views", 0.05, None), features, retain_graph=True)
     crop = {"w": torch.ones(2), "h": torch.ones(2), "cx": torch.zeros(2), "cy": torch.zeros(2), "flip": torch.zeros(2)}
     shifted = {**crop, "w": torch.full((2,), 0.8), "cx": torch.full((2,), 0.1)}     # two views of each image
-    g_dve, = torch.autograd.grad(dense_distill.dve_views(features[:, -6:], crop, shifted, 0.05, 0.5), features)
+    g_dve, = torch.autograd.grad(dve_views(features[:, -6:], crop, shifted, 0.05, 0.5), features)
     per_channel = lambda g: g.abs().sum((0, 2, 3))                       # noqa: E731
     assert (per_channel(g_lead)[10:] == 0).all() and (per_channel(g_lead)[:10] > 0).all()
     assert (per_channel(g_dve)[:10] == 0).all() and (per_channel(g_dve)[10:] > 0).all()
