@@ -68,9 +68,9 @@ $PY prepare_data.py "${DATA[@]}" --preview "$OUT/samples.png"
 $PY prepare_data.py "${DATA[@]}" --variant unaligned --splits train,val,test --preview "$OUT/samples_unaligned.png"
 printf 'data\t%s\n' $((SECONDS - t0)) >> "$OUT/times.tsv"
 
-# stage 1: pixel-level BYOL (the cross-identity study's recipe, experiments/cross_identity.md)
+# stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe, experiments/cross_identity.md, section 9)
 run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${DATA[@]}" "${S1[@]}" --arch resnet18 \
-    --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --crop_scale 0.3 1 --flip 0
+    --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1 --flip 0
 # stage 2: LEAD distillation beside DVE's cross-identity term on part of the channels, encoder from layer 2 on
 run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${DATA[@]}" "${S2[@]}" \
     --init_from "$OUT/byol/final" --warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 \

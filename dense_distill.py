@@ -154,7 +154,7 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5, args.dve_channels)
     model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay, fused=True)
     total = args.max_steps or args.epochs * steps_per_epoch
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))

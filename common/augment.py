@@ -142,14 +142,26 @@ VIEW2 = ViewConfig(blur=0.1, solarize=0.2)
 LUMA = (0.299, 0.587, 0.114)
 
 
+def crop_sides(n: int, cfg: ViewConfig, u, attempts: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width and height (fractions of a square image's side) of n random resized crops, drawn as torchvision's
+    RandomResizedCrop (and BYOL's TF code) draw them: area uniform in cfg.scale, log aspect ratio uniform in
+    cfg.ratio, redrawn up to `attempts` times until the crop fits in the image, else the whole image.
+    Clamping instead of redrawing would keep too many large crops (median area 0.54 instead of 0.47)."""
+    area = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u(n, attempts)
+    logr = torch.log(torch.tensor(cfg.ratio))
+    ratio = torch.exp(logr[0] + (logr[1] - logr[0]) * u(n, attempts))
+    w, h = (area * ratio).sqrt(), (area / ratio).sqrt()
+    fits = (w <= 1) & (h <= 1)
+    first = fits.int().argmax(1, keepdim=True)                          # the first attempt that fits
+    pick = lambda x: torch.where(fits.any(1), x.gather(1, first)[:, 0], torch.ones(n))  # noqa: E731
+    return pick(w), pick(h)
+
+
 def view_params(n: int, cfg: ViewConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Every random choice of n views, drawn on the CPU in one go (cheap), so a distributed run can
     draw the global batch's and keep its own slice: one or several processes then see the same views."""
     u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
-    area = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u(n)
-    logr = torch.log(torch.tensor(cfg.ratio))
-    ratio = torch.exp(logr[0] + (logr[1] - logr[0]) * u(n))
-    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)   # fractions of the side
+    w, h = crop_sides(n, cfg, u)
     return {"w": w, "h": h, "cx": (1 - w) * (2 * u(n) - 1), "cy": (1 - h) * (2 * u(n) - 1),  # centres in [-1, 1]
             "flip": (u(n) < cfg.flip).float(), "jitter": (u(n) < cfg.jitter).float(),
             "brightness": 1 + cfg.brightness * (2 * u(n) - 1), "contrast": 1 + cfg.contrast * (2 * u(n) - 1),

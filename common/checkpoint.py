@@ -50,5 +50,18 @@ def load_state(folder: Path, modules: dict, optimizer, scheduler, device) -> dic
         i, name = key.split(".", 1)
         per_param.setdefault(int(i), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": rest["param_groups"]})
+    _match_layouts(getattr(optimizer, "optimizer", optimizer))          # Accelerate wraps it
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     return json.loads((folder / "state.json").read_text())
+
+
+def _match_layouts(optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout. They come back contiguous; a fused
+    optimiser walks a channels-last weight and its Adam moments element for element, so a contiguous moment
+    would update the wrong weights (measured: resumed runs drifted by 2e-2 after two steps)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -60,3 +60,33 @@ def test_a_checkpoint_is_only_safetensors_and_json(tmp_path):
     for p in tmp_path.glob("*.safetensors"):                        # no pickle: the header is JSON
         n = int.from_bytes(p.read_bytes()[:8], "little")
         json.loads(p.read_bytes()[8:8 + n])
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
+                                  lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True)])
+def test_fused_optimisers_resume_exactly_on_channels_last_weights(tmp_path, make):
+    """The moments come back contiguous; a fused kernel would pair them with the wrong channels-last weights."""
+    def fresh():
+        torch.manual_seed(0)
+        net = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        opt = make(net.parameters())
+        return net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def train(net, opt, sched, steps):
+        for i in steps:
+            x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i))
+            net(x).square().sum().backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+
+    straight = fresh()
+    train(*straight, range(4))
+    first = fresh()
+    train(*first, range(2))
+    save_state(tmp_path, {"net": first[0]}, first[1], first[2], {})
+    resumed = fresh()
+    load_state(tmp_path, {"net": resumed[0]}, resumed[1], resumed[2], "cpu")
+    train(*resumed, range(2, 4))
+    for a, b in zip(straight[0].parameters(), resumed[0].parameters()):
+        assert torch.equal(a, b)

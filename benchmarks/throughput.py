@@ -1,0 +1,278 @@
+"""Throughput of the training steps of stage 1 and stage 2, ours against the usual pipeline of the field.
+
+    .venv/bin/python benchmarks/throughput.py --stage 1 --arch resnet18 --size 64 --batch 64 --baseline
+    .venv/bin/python benchmarks/throughput.py --stage 2 --arch resnet18 --size 64 --batch 32 --baseline
+    python benchmarks/throughput.py --stage 1 --arch resnet50 --size 96 --batch 256 --mixed_precision bf16 --baseline
+
+Ours is what the scripts run: the uint8 tensor cache (synthetic faces, rendered here) -> a batch of rows ->
+the device (pinned, non-blocking) -> both views augmented there in batch -> the script's own train_step
+(autocast, channels-last, fused optimiser and EMA, no host sync per step).
+The baseline (--baseline), in the same process, on the same model and batch: the same images as JPEG files
+in a temporary folder, PIL decode and torchvision v2 transforms per sample in DataLoader workers, fp32,
+NCHW, an EMA by a Python loop over the parameters and the loss read back every step.
+
+Prints samples/s of the full step, peak memory, FLOPs per step (torch.utils.flop_counter), achieved TFLOP/s
+and its share of the device's peak: a large matrix product in the step's precision measured here, or
+--peak_tflops. Nothing is asserted: the figures depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import byol_pretrain  # noqa: E402
+import dense_distill  # noqa: E402
+from common.augment import ViewConfig, view_configs  # noqa: E402
+from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
+from common.losses import auto_chunk  # noqa: E402
+from common.models import ResNetEncoder  # noqa: E402
+from common.training import ema_momentum, make_accelerator  # noqa: E402
+
+
+def get_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=64, help="view side")
+    parser.add_argument("--image_size", type=int, default=None, help="side of the cached images (default 4/3 size)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup steps)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--images", type=int, default=512, help="distinct images in the cache and the JPEG folder")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model (measure before using)")
+    parser.add_argument("--proj_hidden", type=int, default=4096, help="stage 1 projector width")
+    parser.add_argument("--baseline", action="store_true", help="also time the usual pipeline, same model and batch")
+    parser.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the device's peak in the step's precision (default: measured on a matrix product)")
+    b = parser.parse_args()
+    b.image_size = b.image_size or round(b.size * 4 / 3)
+    return b
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The allocator's peak on CUDA; elsewhere the process's peak resident set (it only grows)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """What this device sustains on a large square matrix product in `dtype`: the ceiling a step can reach."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, c = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ c
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        a @ c
+        reps += 1
+        sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for `steps` calls of step(i) after `warmup` calls; the device is synchronised at both ends only."""
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def count_flops(step, i: int) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step(i)
+    return counter.get_total_flops()
+
+
+# ------------------------------------------------------------------ ours: the scripts' own steps
+def script_args(b, extra: list[str]):
+    if b.stage == 1:
+        return byol_pretrain.get_args_parser().parse_args(
+            ["--arch", b.arch, "--crop_size", str(b.size), "--batch_size", str(b.batch), "--max_steps", "1000",
+             "--mixed_precision", b.mixed_precision, "--proj_hidden", str(b.proj_hidden)] + extra)
+    return dense_distill.get_args_parser().parse_args(
+        ["--init_from", "unused", "--crop_size", str(b.size), "--batch_size", str(b.batch), "--max_steps", "1000",
+         "--mixed_precision", b.mixed_precision] + extra)
+
+
+def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
+    """The step the stage's script runs, fed as its loop feeds it. Returns step(i) and the accelerator."""
+    accelerator = make_accelerator(b.mixed_precision, 1)
+    dev = accelerator.device
+    pinned = cache.pin_memory() if dev.type == "cuda" else cache
+    g = torch.Generator().manual_seed(0)
+    if b.stage == 1:
+        args = script_args(b, [])
+        model, target, opt, sched, total = byol_pretrain.build(args, steps_per_epoch=100)
+    else:
+        args = script_args(b, [])
+        model, opt, sched, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+        teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
+        chunk = auto_chunk(2 * b.batch, (b.size // 4) ** 2)
+    if b.compile:
+        model = torch.compile(model)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    if b.stage == 1:
+        target.to(dev).train()
+
+    def step(i: int):
+        idx = torch.randint(0, len(cache), (b.batch,), generator=g)
+        images = pinned[idx].to(dev, non_blocking=True)
+        if b.stage == 1:
+            return byol_pretrain.train_step(accelerator, model, target, opt, sched, images, args, i, total)
+        return dense_distill.train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk)
+    return step, dev
+
+
+# ------------------------------------------------------------------ the usual pipeline
+class JpegViews(Dataset):
+    """Decode one JPEG with PIL and apply each view's transforms to it, per sample (in a worker)."""
+
+    def __init__(self, files: list[Path], transforms):
+        self.files, self.transforms = files, transforms
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.files[i]) as f:
+            img = f.convert("RGB")
+        return tuple(t(img) for t in self.transforms)
+
+
+def usual_transforms(cfg: ViewConfig):
+    """BYOL's view pipeline as its PyTorch ports write it, with torchvision v2 on PIL images; blur sigma and
+    kernel scaled from 224 px as ours are."""
+    from torchvision.transforms import v2
+    k, s = 2 * max(1, round(11 * cfg.size / 224)) + 1, cfg.size / 224
+    return v2.Compose([
+        v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, antialias=True),
+        v2.RandomHorizontalFlip(cfg.flip),
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter),
+        v2.RandomGrayscale(cfg.grey),
+        v2.RandomApply([v2.GaussianBlur(k, (0.1 * s, 2.0 * s))], p=cfg.blur),
+        v2.RandomSolarize(128, p=cfg.solarize),
+        v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+
+
+def write_jpegs(cache: torch.Tensor, folder: Path) -> list[Path]:
+    files = []
+    for i, img in enumerate(cache):
+        files.append(folder / f"{i:06d}.jpg")
+        Image.fromarray(rearrange(img, "c h w -> h w c").numpy()).save(files[-1], quality=95)
+    return files
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
+    """The usual step: fp32, NCHW, plain optimiser, EMA by a loop, loss.item() every step."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = b.workers if b.workers is not None else len(os.sched_getaffinity(0))
+    loader = DataLoader(JpegViews(files, [usual_transforms(c) for c in view_configs(b.size)]), batch_size=b.batch,
+                        shuffle=True, num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda",
+                        persistent_workers=workers > 0)
+    batches = forever(loader)
+    if b.stage == 1:
+        args = script_args(b, ["--no_channels_last", "--mixed_precision", "no"])
+        model, target, opt, _, total = byol_pretrain.build(args, steps_per_epoch=100)
+        model, target = model.to(dev).train(), target.to(dev).train()
+        pairs = list(zip(*byol_pretrain.ema_pairs(model, target)))
+    else:
+        args = script_args(b, ["--mixed_precision", "no"])
+        model, opt, _, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+        model = model.to(dev, memory_format=torch.contiguous_format).train()
+        teacher = teacher.to(dev, memory_format=torch.contiguous_format).eval().requires_grad_(False)
+        chunk = auto_chunk(2 * b.batch, (b.size // 4) ** 2)
+
+    def step(i: int):
+        v1, v2 = (v.to(dev, non_blocking=True) for v in next(batches))
+        if b.stage == 1:
+            loss = model(v1, v2, target)
+        else:
+            views = torch.cat([v1, v2])
+            with torch.no_grad():
+                maps = teacher.layers(views)
+                h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c")
+            loss = dense_distill.pair_loss(model(views, maps)[1], h, "views", args.tau, chunk)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if b.stage == 1:
+            m = ema_momentum(i, total, args.ema)
+            with torch.no_grad():
+                for t, o in pairs:
+                    t.mul_(m).add_(o, alpha=1 - m)
+        return loss.item()
+    return step, dev, workers, loader
+
+
+def report(name: str, b, seconds: float, flops: int, peak: float, dev, memory: float) -> float:
+    rate = b.steps * b.batch / seconds
+    achieved = flops * b.steps / seconds / 1e12
+    unit = "pairs/s" if b.stage == 1 else "images/s"
+    print(f"{name:9s} {rate:9.1f} {unit}  {seconds / b.steps * 1e3:7.0f} ms/step  {achieved:8.3f} TFLOP/s "
+          f"({100 * achieved / peak:5.1f} % of {peak:.3g})  peak memory {memory:.2f} GiB ({dev})")
+    return rate
+
+
+def main() -> None:
+    b = get_args()
+    print(f"stage {b.stage}, {b.arch}, views {b.size} px from {b.image_size} px, batch {b.batch}, "
+          f"{b.mixed_precision}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    cache = render_uint8(sample_params(SyntheticSpec("pretrain", b.images, size=b.image_size)), b.image_size)
+    teacher = ResNetEncoder(b.arch, input_size=b.size) if b.stage == 2 else None
+    step, dev = ours(b, cache, teacher)
+    flops = count_flops(step, 0)
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[b.mixed_precision]
+    peak = b.peak_tflops or matmul_peak_tflops(dev, dtype)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    print(f"model FLOPs per step {flops / 1e9:.1f} G ({flops / b.batch / 1e9:.2f} G per sample); "
+          f"device peak {peak:.3g} TFLOP/s ({'given' if b.peak_tflops else 'measured, matrix product'}, {dtype})")
+    rate = report("ours", b, timed(step, b.steps, b.warmup, dev), flops, peak, dev, peak_memory_gib(dev))
+    if not b.baseline:
+        return
+    fp32_peak = b.peak_tflops if dtype == torch.float32 else matmul_peak_tflops(dev, torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_jpegs(cache, Path(tmp))
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        step, dev, workers, loader = baseline(b, files, teacher)
+        seconds = timed(step, b.steps, b.warmup, dev)
+        slow = report("baseline", b, seconds, flops, fp32_peak or peak, dev, peak_memory_gib(dev))
+        del loader
+    print(f"ours / baseline: {rate / slow:.2f}x  (baseline: JPEG + PIL + torchvision v2 per sample, "
+          f"{workers} DataLoader workers, fp32, NCHW)")
+
+
+if __name__ == "__main__":
+    main()
