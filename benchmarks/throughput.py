@@ -5,8 +5,8 @@
     python benchmarks/throughput.py --stage 1 --arch resnet50 --size 96 --batch 256 --mixed_precision bf16 --baseline
 
 Ours is what the scripts run: the uint8 tensor cache (synthetic faces, rendered here) -> a batch of rows ->
-the device (pinned, non-blocking) -> both views augmented there in batch -> the script's own train_step
-(autocast, channels-last, fused optimiser and EMA, no host sync per step).
+the device (the scripts' local_batch: pinned, non-blocking) -> both views augmented there in batch -> the
+script's own train_step (autocast, channels-last, fused optimiser and EMA, no host sync per step).
 The baseline (--baseline), in the same process, on the same model and batch: the same images as JPEG files
 in a temporary folder, PIL decode and torchvision v2 transforms per sample in DataLoader workers, fp32,
 NCHW, an EMA by a Python loop over the parameters and the loss read back every step.
@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
@@ -36,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import byol_pretrain  # noqa: E402
 import dense_distill  # noqa: E402
 from common.augment import ViewConfig, view_configs  # noqa: E402
+from common.data.cache import TensorCache  # noqa: E402
 from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
 from common.losses import auto_chunk  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
-from common.training import ema_momentum, make_accelerator  # noqa: E402
+from common.training import ema_momentum, local_batch, make_accelerator  # noqa: E402
 
 
 def get_args() -> argparse.Namespace:
@@ -121,16 +123,18 @@ def script_args(b, extra: list[str]):
 
 
 def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
-    """The step the stage's script runs, fed as its loop feeds it. Returns step(i) and the accelerator."""
+    """The step the stage's script runs, fed as its loop feeds it (common.training.local_batch on a tensor
+    cache held in memory). Returns step(i) and the device."""
     accelerator = make_accelerator(b.mixed_precision, 1)
     dev = accelerator.device
-    pinned = cache.pin_memory() if dev.type == "cuda" else cache
-    g = torch.Generator().manual_seed(0)
+    n = len(cache)
+    rows = TensorCache(Path("."), {"images": cache.numpy(), "landmarks": np.zeros((n, 0, 2), np.float32),
+                                   "visible": np.zeros((n, 0), bool), "identity": np.arange(n),
+                                   "rows": np.arange(n)}, {})
+    args = script_args(b, [])
     if b.stage == 1:
-        args = script_args(b, [])
         model, target, opt, sched, total = byol_pretrain.build(args, steps_per_epoch=100)
     else:
-        args = script_args(b, [])
         model, opt, sched, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
         teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
         chunk = auto_chunk(2 * b.batch, (b.size // 4) ** 2)
@@ -141,8 +145,7 @@ def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
         target.to(dev).train()
 
     def step(i: int):
-        idx = torch.randint(0, len(cache), (b.batch,), generator=g)
-        images = pinned[idx].to(dev, non_blocking=True)
+        images = local_batch(rows, b.batch, i, args.seed, accelerator)
         if b.stage == 1:
             return byol_pretrain.train_step(accelerator, model, target, opt, sched, images, args, i, total)
         return dense_distill.train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk)

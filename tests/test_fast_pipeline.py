@@ -75,7 +75,6 @@ def test_fused_optimisers_follow_the_plain_update(make):
     a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
     b = [torch.nn.Parameter(x.detach().clone()) for x in a]
     fused, plain = make(a), make(b)
-    plain.defaults["fused"] = False
     for group in plain.param_groups:
         group["fused"], group["foreach"] = False, False
     for _ in range(3):
