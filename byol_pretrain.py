@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate.utils import set_seed
+from accelerate.utils import gather, set_seed
 from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
 from common.data import DataError, at_least, data_args, load_tensors
-from common.losses import byol_loss, dve_views, mean_divisor, pixel_loss
+from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
@@ -36,7 +36,7 @@ from common.training import (LARS, FiniteGuard, Reporter, check_batch, check_res
                              warmup_cosine)
 
 logger = logging.getLogger("lead")
-OBJECTIVES = ("byol", "pixel", "byol+pixel")
+OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,13 +51,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Objective")
     g.add_argument("--objective", default="byol", choices=OBJECTIVES,
                    help="byol: image-level BYOL (the paper); pixel: BYOL between the dense maps of the two views at "
-                        "corresponding positions (PixPro-style); byol+pixel: both")
+                        "corresponding positions (PixPro-style); byol+pixel: both; moco: MoCo-v2's InfoNCE against a "
+                        "queue of the key encoder's projections (ContrastLandmark's stage 1, Table 6)")
     g.add_argument("--dense_weight", type=float, default=1.0, help="weight of the pixel term in byol+pixel")
     g.add_argument("--dve_weight", type=float, default=0.0,
                    help="with a pixel objective: add DVE's equivariance through another face (dense_distill.py's "
                         "--objective dve) on the dense projections, with this weight (0: off)")
     g.add_argument("--dense_grid", type=at_least(2), default=8,
                    help="side of the grid the pixel objective resizes layers 1-4 to")
+    g.add_argument("--queue_size", type=at_least(1), default=4096,
+                   help="moco: negatives kept (4096 as ContrastLandmark on CelebA; MoCo on ImageNet: 65536)")
+    g.add_argument("--moco_t", type=float, default=0.2, help="moco: InfoNCE temperature (MoCo v2: 0.2, v1: 0.07)")
     g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
                    help="area range of the random resized crops (BYOL: 0.08 1)")
     g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view")
@@ -76,7 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_steps", type=at_least(1), default=None,
                    help="total steps of --batch_size (overrides --epochs)")
     g.add_argument("--warmup_epochs", type=float, default=2.0)
-    g.add_argument("--ema", type=float, default=0.99, help="initial target momentum (rises to 1 along a cosine)")
+    g.add_argument("--ema", type=float, default=None,
+                   help="target momentum: byol, pixel: 0.99 at the start, rising to 1 along a cosine; moco: the key "
+                        "encoder's, constant (0.999)")
     g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
     g.add_argument("--no_channels_last", action="store_true",
                    help="keep NCHW tensors (channels-last is faster for convolutions on CPUs and GPUs)")
@@ -88,19 +94,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class KeyQueue(nn.Module):
+    """MoCo's dictionary: the last `size` keys of all processes, first in, first out. Buffers, so that a
+    checkpoint resumes it; the write position stays on the device (no host sync)."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor) -> None:
+        """Enqueue keys [B, dim] (every process's, gathered in process order), dropping the oldest."""
+        keys = gather(keys.detach().float().contiguous())[-len(self.keys):]
+        index = (self.ptr + torch.arange(len(keys), device=keys.device)) % len(self.keys)
+        self.keys[index] = F.normalize(keys, dim=1).to(self.keys.dtype)
+        self.ptr.copy_((self.ptr + len(keys)) % len(self.keys))
+
+
 class BYOL(nn.Module):
     """Online network and the symmetrised loss against its EMA target (a copy without predictors).
     Each objective has a projector and a predictor: image-level on the pooled layer 4 (BYOL),
-    pixel-level on layers 1-4 resized to a grid (1x1 convs, PixPro-style)."""
+    pixel-level on layers 1-4 resized to a grid (1x1 convs, PixPro-style). moco: the projector only
+    (MoCo v2's MLP), the target is the key encoder and a queue of its keys gives the negatives. One
+    process's BatchNorm sees the whole local batch in both encoders (no shuffle-BN, as most one-GPU MoCo code)."""
 
     def __init__(self, encoder: ResNetEncoder, hidden: int, dim: int, objective: str = "byol",
-                 grid: int = 8, dense_weight: float = 1.0, dve_weight: float = 0.0):
+                 grid: int = 8, dense_weight: float = 1.0, dve_weight: float = 0.0, queue_size: int = 4096,
+                 moco_t: float = 0.2):
         super().__init__()
         self.encoder, self.grid, self.dense_weight, self.dve_weight = encoder, grid, dense_weight, dve_weight
-        self.image, self.pixel = "byol" in objective.split("+"), "pixel" in objective.split("+")
-        if self.image:
+        parts = objective.split("+")
+        self.image, self.pixel, self.moco, self.moco_t = "byol" in parts, "pixel" in parts, "moco" in parts, moco_t
+        if self.image or self.moco:
             self.projector = MLPHead(encoder.width, hidden, dim)
+        if self.image:
             self.predictor = MLPHead(dim, hidden, dim)
+        if self.moco:
+            self.queue = KeyQueue(queue_size, dim)
         if self.pixel:
             self.dense_projector = ConvHead(encoder.hypercolumn_dim, hidden, dim)
             self.dense_predictor = ConvHead(dim, hidden, dim)
@@ -108,13 +139,14 @@ class BYOL(nn.Module):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Projections: image-level [B, dim] and dense [B, dim, grid, grid] (None where unused)."""
         maps = self.encoder.layers(x)
-        z = self.projector(rearrange(F.adaptive_avg_pool2d(maps[-1], 1), "b c 1 1 -> b c")) if self.image else None
+        pooled = rearrange(F.adaptive_avg_pool2d(maps[-1], 1), "b c 1 1 -> b c")
+        z = self.projector(pooled) if self.image or self.moco else None
         d = self.dense_projector(dense_grid(maps, self.grid)) if self.pixel else None
         return z, d
 
     def make_target(self) -> "BYOL":
         target = copy.deepcopy(self)
-        for name in ("predictor", "dense_predictor"):
+        for name in ("predictor", "dense_predictor", "queue"):
             if hasattr(target, name):
                 delattr(target, name)
         return target.requires_grad_(False)
@@ -128,6 +160,10 @@ class BYOL(nn.Module):
         loss = v1.new_zeros(())
         if self.image:
             loss = loss + byol_loss(self.predictor(z1), t2) + byol_loss(self.predictor(z2), t1)
+        if self.moco:                             # both directions against the queue, then both views' keys join it
+            loss = loss + info_nce(z1, t2, self.queue.keys, self.moco_t) + info_nce(z2, t1, self.queue.keys,
+                                                                                    self.moco_t)
+            self.queue.push(torch.cat([t1, t2]))
         if self.pixel:
             (pos12, in12), (pos21, in21) = corr
             loss = loss + self.dense_weight * (
@@ -144,6 +180,13 @@ def ema_pairs(model: BYOL, target: BYOL) -> tuple[list, list]:
     return list(target.parameters()), online
 
 
+def target_momentum(args, step: int, total: int) -> float:
+    """BYOL's rising schedule (from --ema, 0.99 by default); MoCo's key encoder keeps --ema (0.999) throughout."""
+    if args.objective == "moco":
+        return 0.999 if args.ema is None else args.ema
+    return ema_momentum(step, total, 0.99 if args.ema is None else args.ema)
+
+
 def new_encoder(args) -> ResNetEncoder:
     return ResNetEncoder(args.arch, normalize_layers=not args.no_normalize_layers, last_stride=args.last_stride,
                          input_size=args.crop_size)
@@ -153,7 +196,7 @@ def build(args, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     encoder = new_encoder(args)
     model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight,
-                 args.dve_weight)
+                 args.dve_weight, args.queue_size, args.moco_t)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     target = model.make_target()
@@ -185,7 +228,7 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
         sched.step()
         opt.zero_grad(set_to_none=True)
     if accelerator.sync_gradients:
-        ema_update(*ema_pairs(accelerator.unwrap_model(model), target), ema_momentum(step, total, args.ema))
+        ema_update(*ema_pairs(accelerator.unwrap_model(model), target), target_momentum(args, step, total))
     return loss.detach()
 
 

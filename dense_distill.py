@@ -28,7 +28,7 @@ from common.augment import make_views, view_configs
 from common.cli import run
 from common.data import DataError, at_least, data_args, load_tensors
 from common.features import check_source, load_model
-from common.losses import auto_chunk, dve_views, lead_loss
+from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
@@ -39,7 +39,7 @@ from common.training import (FiniteGuard, Reporter, check_batch, check_resume_ar
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
-OBJECTIVES = ("lead", "dve", "lead+dve")
+OBJECTIVES = ("lead", "dve", "lead+dve", "cl")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,8 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Loss")
     g.add_argument("--objective", default="lead", choices=OBJECTIVES,
                    help="lead: the paper's distillation; dve: DVE's equivariance through an auxiliary image "
-                        "(no teacher in the loss); lead+dve: their sum, --dve_weight on the second")
+                        "(no teacher in the loss); lead+dve: their sum, --dve_weight on the second; cl: "
+                        "ContrastLandmark's dense loss (each image against itself, distance-weighted; features "
+                        "through a spatial softmax; Table 6)")
     g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2 (and of DVE's matches)")
+    g.add_argument("--cl_tau", type=float, default=1 / 7, help="cl: softmax temperature (ContrastLandmark's 1/7)")
+    g.add_argument("--cl_softmax", type=float, default=7.0,
+                   help="cl: multiplier of the features' spatial softmax (ContrastLandmark's softargmax_mul)")
     g.add_argument("--dve_weight", type=float, default=1.0, help="weight of the DVE term in lead+dve")
     g.add_argument("--dve_power", type=float, default=0.5, help="DVE's distance exponent (0.5 in DVE's code)")
     g.add_argument("--dve_channels", type=int, default=0,
@@ -127,7 +132,7 @@ class Distiller(nn.Module):
             maps = teacher_maps[:done] + self.student.encoder.layers(teacher_maps[done - 1], start=done)
         else:
             maps = self.student.encoder.layers(x)
-        features = self.student.decoder(maps)
+        features = self.student.decode(maps)
         return features, rearrange(self.head(features[:, :self.lead_channels]), "b c h w -> b (h w) c")
 
 
@@ -146,11 +151,12 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -
 
 def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
+    softmax = args.cl_softmax if args.objective == "cl" else 0.0          # ContrastLandmark's heatmap channels
     student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
-                             input_size=args.crop_size,
+                             input_size=args.crop_size, spatial_softmax=softmax,
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
-    head_dim = args.head_dim if "lead" in args.objective else 0     # DVE alone trains the features themselves
+    head_dim = args.head_dim if "lead" in args.objective else 0     # DVE, CL: the loss sees the features themselves
     model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5, args.dve_channels)
     model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,6 +184,8 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
         loss = 0.0                                                # softmaxes and cross-entropies in fp32
         if "lead" in args.objective:
             loss = pair_loss(f, h, args.pairs, args.tau, chunk)
+        if args.objective == "cl":                              # each view against itself
+            loss = cl_loss(features, args.crop_size / features.shape[-1], args.cl_tau)
         if "dve" in args.objective:
             loss = loss + args.dve_weight * dve_views(features[:, -args.dve_channels:], p1, p2, args.tau,  # -0: all
                                                       args.dve_power)

@@ -41,7 +41,7 @@ from common.data.cache import TensorCache  # noqa: E402
 from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
 from common.losses import auto_chunk  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
-from common.training import ema_momentum, local_batch, make_accelerator  # noqa: E402
+from common.training import local_batch, make_accelerator  # noqa: E402
 
 
 def get_args() -> argparse.Namespace:
@@ -230,7 +230,7 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
         loss.backward()
         opt.step()
         if b.stage == 1:
-            m = ema_momentum(i, total, args.ema)
+            m = byol_pretrain.target_momentum(args, i, total)
             with torch.no_grad():
                 for t, o in pairs:
                     t.mul_(m).add_(o, alpha=1 - m)

@@ -15,6 +15,18 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=-1)).mean()
 
 
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, t: float) -> torch.Tensor:
+    """MoCo's InfoNCE: for each query q [B, C] its key k [B, C] (the positive, from the key encoder, no gradient)
+    against the K queued keys [K, C] (the negatives): the cross-entropy of softmax([q.k, q.queue] / t) at the
+    positive, averaged over the batch. Vectors are L2-normalised here; fp32."""
+    q = F.normalize(query.float(), dim=-1)
+    k = F.normalize(key.detach().float(), dim=-1)
+    positive = (q * k).sum(-1, keepdim=True)                               # [B, 1]
+    negative = q @ F.normalize(queue.detach().float(), dim=-1).T          # [B, K]
+    logits = torch.cat([positive, negative], dim=1) / t
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor, positions: torch.Tensor,
                valid: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-level BYOL (PixPro's pixel propagation without the propagation module): the online
@@ -111,6 +123,23 @@ def dve_loss(f1: torch.Tensor, f2: torch.Tensor, fa: torch.Tensor, target: torch
         per_u = (q * dist).sum(-1)                                                     # [B, N] expected distance
         valid = valid.to(per_u.dtype)
         return (per_u * valid).sum() / valid.sum().clamp_min(1)
+
+
+def cl_loss(features: torch.Tensor, stride: float, tau: float = 1 / 7, power: float = 0.5) -> torch.Tensor:
+    """The dense loss ContrastLandmark's code trains its projector with (dense_corr_loss of its
+    train_feature_projector.py): within each image, every position u soft-matches all positions v of the same
+    map (softmax over v of cos / tau), and pays the expected distance^power, in input pixels, to where it
+    matched. It pulls each descriptor's matches towards its own neighbourhood: features that vary smoothly and
+    tell positions apart. features [B, C, h, w], `stride` input pixels per cell; the mean over positions and
+    images, in fp32."""
+    with torch.autocast(features.device.type, enabled=False):
+        f = F.normalize(rearrange(features.float(), "b c h w -> b (h w) c"), dim=-1)
+        p = F.softmax(torch.einsum("buc,bvc->buv", f, f) / tau, dim=-1)            # [B, N, N]
+        h, w = features.shape[-2:]
+        ys, xs = torch.meshgrid(torch.arange(h, device=f.device), torch.arange(w, device=f.device), indexing="ij")
+        pos = torch.stack([xs, ys], -1).reshape(-1, 2).float() * stride             # [N, 2] input pixels
+        dist = torch.cdist(pos, pos).pow(power)                                     # [N, N]
+        return (p * dist).sum(-1).mean()
 
 
 def dve_views(features: torch.Tensor, p1: dict, p2: dict, tau: float, power: float) -> torch.Tensor:

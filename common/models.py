@@ -160,20 +160,30 @@ class FPNDecoder(nn.Module):
 
 class DenseExtractor(nn.Module, PyTorchModelHubMixin):
     """LEAD's compact dense extractor Φ_D (stage 2): a ResNet encoder (initialised from stage 1) and
-    an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]."""
+    an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]. `spatial_softmax` m > 0
+    turns each channel into a heatmap, softmax over the positions of m x the decoder's output (ContrastLandmark's
+    features, its softargmax_mul 7)."""
 
     def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96,
+                 spatial_softmax: float = 0.0):
         super().__init__()
         self.arch, self.feature_dim, self.input_size = arch, feature_dim, input_size
+        self.spatial_softmax = spatial_softmax
         self.encoder = ResNetEncoder(arch, mean=mean, std=std, last_stride=last_stride)
         self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim)
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.decoder(maps)
+        """The encoder's layer maps -> the dense features."""
+        x = self.decoder(maps)
+        if self.spatial_softmax:
+            h = x.shape[-2]
+            x = rearrange(F.softmax(rearrange(x.float() * self.spatial_softmax, "b c h w -> b c (h w)"), dim=-1),
+                          "b c (h w) -> b c h w", h=h).to(x.dtype)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder.layers(x))
+        return self.decode(self.encoder.layers(x))
 
 
 def soft_argmax(logits: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,10 @@ def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "args.json").read_text())["arch"] == "resnet18"
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lars"])
-def test_resume_continues_exactly(cache_dir, tmp_path, optimizer):
-    opt = ["--optimizer", optimizer, "--lr", "1e-3" if optimizer == "adam" else "0.2"]
+@pytest.mark.parametrize("optimizer, objective", [("adam", "byol"), ("lars", "byol"), ("adam", "moco")])
+def test_resume_continues_exactly(cache_dir, tmp_path, optimizer, objective):
+    """moco: the queue of keys is restored too (a fresh one would change the negatives of steps 3-4)."""
+    opt = ["--optimizer", optimizer, "--lr", "1e-3" if optimizer == "adam" else "0.2", "--objective", objective]
     run(tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0", *opt)
     assert run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--exit_after_steps", "2",
                *opt)["step"] == 2

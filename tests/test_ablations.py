@@ -1,0 +1,130 @@
+"""The ablation study's objectives (issue 12): MoCo's InfoNCE and queue in stage 1, ContrastLandmark's dense loss
+in stage 2."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from safetensors.torch import load_file
+
+import byol_pretrain
+from common.losses import cl_loss, info_nce
+from common.models import DenseExtractor, ResNetEncoder
+from common.training import ema_update
+
+
+def test_info_nce_against_a_loop_reference():
+    torch.manual_seed(0)
+    q, k, queue, t = torch.randn(5, 8), torch.randn(5, 8), torch.randn(11, 8), 0.2
+    expected = 0.0
+    for b in range(5):
+        pos = F.cosine_similarity(q[b], k[b], dim=0) / t
+        negs = torch.stack([F.cosine_similarity(q[b], n, dim=0) for n in queue]) / t
+        expected += -(pos - torch.logsumexp(torch.cat([pos[None], negs]), 0)) / 5
+    assert info_nce(q, k, queue, t).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_info_nce_known_answers():
+    """Negatives equal to the positive: every logit ties, loss log(K + 1) whatever t; orthogonal negatives and
+    a positive equal to the query: exp(1/t) against K, near 0 for small t."""
+    k = F.normalize(torch.randn(3, 4), dim=1)
+    ties = torch.stack([info_nce(k[b:b + 1], k[b:b + 1], k[b:b + 1].expand(7, -1), 0.3) for b in range(3)])
+    assert torch.allclose(ties, torch.full((3,), math.log(8)), atol=1e-6)
+    q = torch.eye(4)[:1]
+    got = info_nce(q * 3, q, torch.eye(4)[1:], 0.1).item()
+    assert got == pytest.approx(math.log(1 + 3 * math.exp(-10)), abs=1e-6) and got > 0
+
+
+def test_queue_is_first_in_first_out_and_wraps():
+    queue = byol_pretrain.KeyQueue(5, 2)
+    first = torch.tensor([[1.0, 0], [0, 1]])
+    queue.push(first * 3)                                     # stored normalised
+    assert torch.equal(queue.keys[:2], first) and queue.ptr.item() == 2
+    old = queue.keys[2:].clone()
+    nxt = F.normalize(torch.randn(4, 2), dim=1)
+    queue.push(nxt)                                           # fills 2, 3, 4 and wraps to 0
+    assert torch.allclose(queue.keys[2:], nxt[:3]) and torch.allclose(queue.keys[0], nxt[3])
+    assert torch.equal(queue.keys[1], first[1]) and queue.ptr.item() == 1 and not torch.allclose(old, nxt[:3])
+    many = F.normalize(torch.randn(12, 2), dim=1)            # more than fit: only the newest 5 stay
+    queue.push(many)
+    assert torch.allclose(queue.keys[[1, 2, 3, 4, 0]], many[-5:], atol=1e-6) and queue.ptr.item() == 1
+
+
+def test_moco_step_queues_the_key_encoders_projections_and_the_key_encoder_is_an_ema():
+    torch.manual_seed(0)
+    model = byol_pretrain.BYOL(ResNetEncoder("resnet18", input_size=32), 32, 16, "moco", queue_size=64, moco_t=0.2)
+    target = model.make_target()
+    assert not hasattr(target, "queue") and not hasattr(model, "predictor") and hasattr(target, "projector")
+    v1, v2 = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    queue0 = model.queue.keys.clone()
+    with torch.no_grad():
+        k1, k2 = target.embed(v1)[0], target.embed(v2)[0]
+        z1, z2 = model.embed(v1)[0], model.embed(v2)[0]
+    loss = model(v1, v2, target)
+    expected = info_nce(z1, k2, queue0, 0.2) + info_nce(z2, k1, queue0, 0.2)   # negatives: the queue before the push
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert torch.allclose(model.queue.keys[:8], F.normalize(torch.cat([k1, k2]), dim=1), atol=1e-5)
+    assert torch.equal(model.queue.keys[8:], queue0[8:]) and model.queue.ptr.item() == 8
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    before = [p.clone() for p in target.parameters()]
+    t, o = byol_pretrain.ema_pairs(model, target)
+    args = byol_pretrain.get_args_parser().parse_args(["--objective", "moco"])
+    m = byol_pretrain.target_momentum(args, 3, 10)
+    assert m == 0.999                                          # MoCo's constant momentum, not BYOL's schedule
+    ema_update(t, o, m)
+    for b, new, online in zip(before, t, o):
+        assert torch.allclose(new, m * b + (1 - m) * online, atol=1e-6)
+    assert any(not torch.equal(b, online) for b, online in zip(before, o))
+
+
+def test_cl_loss_against_a_loop_reference():
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 3, 4)                                     # [B, C, h, w]
+    stride, tau = 4.0, 0.3
+    expected = 0.0
+    for b in range(2):
+        cells = [(y, x) for y in range(3) for x in range(4)]
+        for (yu, xu) in cells:
+            sims = torch.stack([F.cosine_similarity(f[b, :, yu, xu], f[b, :, yv, xv], dim=0) for yv, xv in cells])
+            p = torch.softmax(sims / tau, 0)
+            d = torch.tensor([math.hypot(xu - xv, yu - yv) * stride for yv, xv in cells]) ** 0.5
+            expected += (p * d).sum() / (2 * len(cells))
+    assert cl_loss(f, stride, tau).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cl_loss_known_answers():
+    """Positions with orthogonal features match only themselves (loss near 0 for a small tau); identical
+    features match everywhere alike (the mean distance^0.5 over all pairs)."""
+    onehot = torch.eye(12).reshape(1, 12, 3, 4)
+    assert cl_loss(onehot, 4.0, 0.01).item() < 1e-6
+    pos = torch.tensor([[x * 4.0, y * 4.0] for y in range(3) for x in range(4)])
+    mean_dist = torch.cdist(pos, pos).pow(0.5).mean().item()
+    assert cl_loss(torch.ones(2, 3, 3, 4), 4.0, 0.1).item() == pytest.approx(mean_dist, rel=1e-5)
+
+
+def test_spatial_softmax_features_are_heatmaps_and_survive_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    net = DenseExtractor("resnet18", feature_dim=8, fpn_width=16, spatial_softmax=7.0).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        y = net(x)
+        raw = net.decoder(net.encoder.layers(x))
+    assert torch.allclose(y.sum((2, 3)), torch.ones(2, 8), atol=1e-5) and (y >= 0).all()
+    assert torch.allclose(y, torch.softmax((7 * raw).flatten(2), -1).view_as(raw), atol=1e-6)
+    net.save_pretrained(tmp_path / "m")
+    again = DenseExtractor.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert again.spatial_softmax == 7.0 and torch.allclose(again(x), y, atol=1e-6)
+
+
+def test_cl_objective_trains_the_decoder_on_its_loss(cache_dir, tmp_path, teacher):
+    from test_dense_distill import losses_of, run
+    result = run(teacher, tmp_path / "cl", "--max_steps", "2", "--probe_pairs", "4", "--objective", "cl")
+    assert "lead-16" in result["probe"]
+    student = DenseExtractor.from_pretrained(tmp_path / "cl" / "final")
+    weights = load_file(tmp_path / "cl" / "final" / "model.safetensors")
+    assert student.spatial_softmax == 7.0 and not any(k.startswith("head") for k in weights)
+    losses = losses_of(tmp_path / "cl")
+    assert len(losses) == 2 and all(0 < v < (2 * 32 ** 2) ** 0.25 for v in losses)   # below the farthest pair's
