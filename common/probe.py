@@ -16,7 +16,7 @@ from .augment import warped_pairs
 from .metrics import inter_ocular, match
 
 
-def _resized(cache, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def resized(cache, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [N, 3, size, size] in [0, 1] and their landmarks at that size."""
     b = cache.batch(idx)
     s = b["images"].shape[-1]
@@ -43,12 +43,12 @@ def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, b
     b = np.array([rng.choice(np.flatnonzero(ident != ident[i])) for i in a])
     out: dict[str, list] = {"same": [], "same_floor": [], "diff": [], "diff_floor": [], "iod_a": [], "iod_b": []}
     for s in range(0, pairs, batch):
-        img_a, lm_a = _resized(cache, a[s:s + batch], size)
+        img_a, lm_a = resized(cache, a[s:s + batch], size)
         feat_a = extract(img_a)                                  # the reference of both kinds of pair
         warped, truth, _ = warped_pairs(img_a, lm_a, g)
         out["same"].append((match(feat_a, extract(warped), lm_a, size)[0] - truth).norm(dim=-1))
         out["same_floor"].append((lm_a - truth).norm(dim=-1))
-        img_b, lm_b = _resized(cache, b[s:s + batch], size)
+        img_b, lm_b = resized(cache, b[s:s + batch], size)
         out["diff"].append((match(feat_a, extract(img_b), lm_a, size)[0] - lm_b).norm(dim=-1))
         out["diff_floor"].append((lm_a - lm_b).norm(dim=-1))
         out["iod_a"].append(inter_ocular(truth))
