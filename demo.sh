@@ -71,10 +71,11 @@ printf 'data\t%s\n' $((SECONDS - t0)) >> "$OUT/times.tsv"
 # stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe, experiments/cross_identity.md, section 9)
 run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${DATA[@]}" "${S1[@]}" --arch resnet18 \
     --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1 --flip 0
-# stage 2: LEAD distillation beside DVE's cross-identity term on part of the channels, encoder from layer 2 on
+# stage 2: LEAD distillation beside DVE's cross-identity term (weight 4) on part of the channels, encoder from layer 1
+# on (experiments/cross_identity.md, section 10)
 run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${DATA[@]}" "${S2[@]}" \
     --init_from "$OUT/byol/final" --warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 \
-    --objective lead+dve --dve_channels 32 --unfreeze_encoder --keep_frozen 2
+    --objective lead+dve --dve_channels 32 --dve_weight 4 --unfreeze_encoder --keep_frozen 1
 # stage 3: regression on all labels, for the compact features, the teacher's hypercolumn, NMF and random init
 for variant in aligned unaligned; do
     run_stage "regress_$variant" results.json "${LAUNCH[@]}" regress.py "${DATA[@]}" "${REG[@]}" \

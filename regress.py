@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import run
-from common.data import DataError, at_least, data_args, describe, load_tensors
+from common.data import DataError, at_least, data_args, describe, load_tensors, zoom_range
 from common.features import FeatureStore, check_source, eval_crops, load_source
 from common.files import write_json
 from common.metrics import EYES, inter_ocular, iod_error
@@ -59,6 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", default="auto", choices=["auto", "iod", "pck"], help="auto: pck for cub, else iod")
     g.add_argument("--eye_idx", type=int, nargs=2, default=None, help="eye points for iod (default: 5 or 68 points)")
     g.add_argument("--pck_alpha", type=float, default=0.05, help="PCK threshold as a share of the image side")
+    g.add_argument("--test_zoom_out", type=zoom_range, default=None, metavar="LO,HI",
+                   help="synthetic unaligned: the test split's zoom-out range alone (train and select at --zoom_out): "
+                        "scale sensitivity to unseen scales (LEAD Fig. 9)")
     g = parser.add_argument_group("Regressor")
     g.add_argument("--intermediate", type=at_least(1), default=50, help="virtual keypoints (heatmaps) per landmark")
     g.add_argument("--shared_heatmaps", action="store_true", help="one set of --intermediate for all landmarks")
@@ -322,6 +325,8 @@ def check_args(args) -> None:
     if args.dataset == "imagefolder":
         raise DataError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
                         "(synthetic, celeba, mafl, aflw_m, aflw_r, 300w or cub)")
+    if args.test_zoom_out and (args.dataset != "synthetic" or args.variant != "unaligned"):
+        raise DataError("--test_zoom_out applies to --dataset synthetic --variant unaligned (zoomed-out faces)")
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
@@ -329,7 +334,9 @@ def check_args(args) -> None:
 
 
 def load_data(args) -> dict:
-    data = {split: load_eval_split(args, split) for split in ("train", "val", "test")}
+    data = {split: load_eval_split(args, split) for split in ("train", "val")}
+    test_args = argparse.Namespace(**{**vars(args), "zoom_out": args.test_zoom_out or args.zoom_out})
+    data["test"] = load_eval_split(test_args, "test")
     data["train"], dropped = without_val(data["train"], data["val"])
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)

@@ -128,3 +128,30 @@ def test_cl_objective_trains_the_decoder_on_its_loss(cache_dir, tmp_path, teache
     assert student.spatial_softmax == 7.0 and not any(k.startswith("head") for k in weights)
     losses = losses_of(tmp_path / "cl")
     assert len(losses) == 2 and all(0 < v < (2 * 32 ** 2) ** 0.25 for v in losses)   # below the farthest pair's
+
+
+def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp_path):
+    """experiments/ablations.py --scale quick: every training and evaluation cell, tiny; the report's figures are
+    the runs' own; run again, every finished run is kept."""
+    import json
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import ablations
+    args = ablations.get_args_parser().parse_args(["--scale", "quick", "--output_dir", str(tmp_path / "a")])
+    text = ablations.main(args).read_text()
+    for title in ("## Table 1", "## Table 3", "## Table 4", "## Table 5", "## Table 6", "## Fig. 9", "## Fig. 5-6"):
+        assert title in text
+    claims = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(claims) >= 6 and all("**holds**" in c or "**does not hold**" in c for c in claims)
+    matched = {m["model"]: m for m in json.loads((tmp_path / "a" / "match" / "matching.json").read_text())["models"]}
+    lead = matched[str(tmp_path / "a" / "s2-byol-lead64" / "final")]
+    assert f"| LEAD | 64 | {lead['same_iod']:.1f} | {lead['diff_iod']:.1f} | 0.51 | 2.60 |" in text
+    reg = {r["features_from"]: r for r in json.loads((tmp_path / "a" / "regress" / "results.json").read_text())[
+        "summary"]}
+    cl = reg[str(tmp_path / "a" / "s2-moco-cl64" / "final")]["mean"]
+    assert f"| MoCo (CL) | CL | {cl:.2f} (7.86) |" in text
+    times = json.loads((tmp_path / "a" / "times.json").read_text())
+    assert {"s1-byol", "s1-moco", "s2-byol-cl64", "match", "regress", "fewshot", "scale_unseen", "parts"} <= set(times)
+    ablations.main(args)                                      # nothing left to do: every run kept, same times
+    assert json.loads((tmp_path / "a" / "times.json").read_text()) == times

@@ -279,3 +279,16 @@ def test_cub_is_scored_by_pck_over_visible_parts(cache_dir, tmp_path):
     assert results["splits"] == {"train": 18, "val": 2, "test": 10}
     run = results["runs"][0]
     assert len(run["per_landmark"]) == 15 and 0 <= run["test"] <= 100
+
+
+def test_test_zoom_out_changes_only_the_test_split(cache_dir, tmp_path):
+    """Scale sensitivity (Fig. 9): train and val at the seen zoom-out, test at the unseen one, whose faces are
+    smaller (a shorter inter-ocular distance); aligned data has no zoom to change."""
+    seen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32"))
+    unseen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32", "--test_zoom_out", "1.5,2"))
+    for split in ("train", "val"):
+        assert torch.equal(seen[split]["images"], unseen[split]["images"])
+    iod = [(d["test"]["landmarks"][:, 0] - d["test"]["landmarks"][:, 1]).norm(dim=-1).mean() for d in (seen, unseen)]
+    assert iod[1] < 0.9 * iod[0]
+    with pytest.raises(DataError, match="--variant unaligned"):
+        regress.main(parse("--test_zoom_out", "1.5,2", "--output_dir", str(tmp_path / "z")))

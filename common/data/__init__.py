@@ -41,7 +41,7 @@ def __getattr__(name: str):
 CACHE_VERSION = 1  # bump when a reader or the cache's crop/resize changes: it is part of the key
 
 
-def _zoom(text: str) -> tuple[float, float]:
+def zoom_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -74,7 +74,7 @@ def data_args() -> argparse.ArgumentParser:
     g.add_argument("--data_dir", default=None, help="root folder of a --dataset format, as its authors ship it")
     g.add_argument("--variant", default="aligned", choices=["aligned", "unaligned"],
                    help="synthetic faces: aligned (MAFL/CelebA-like crops) or unaligned (AFLW_R-like, wider pose/scale)")
-    g.add_argument("--zoom_out", type=_zoom, default=(1.0, 1.5),
+    g.add_argument("--zoom_out", type=zoom_range, default=(1.0, 1.5),
                    help="synthetic unaligned: range of zoom-out factors, e.g. 1,1.5 (seen) or 1.5,2 (unseen)")
     g.add_argument("--landmarks", type=int, default=5, choices=[5, 68],
                    help="synthetic: 5 MAFL points or the 68 300-W points")
