@@ -139,8 +139,9 @@ class BYOL(nn.Module):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Projections: image-level [B, dim] and dense [B, dim, grid, grid] (None where unused)."""
         maps = self.encoder.layers(x)
-        pooled = rearrange(F.adaptive_avg_pool2d(maps[-1], 1), "b c 1 1 -> b c")
-        z = self.projector(pooled) if self.image or self.moco else None
+        z = None
+        if self.image or self.moco:
+            z = self.projector(rearrange(F.adaptive_avg_pool2d(maps[-1], 1), "b c 1 1 -> b c"))
         d = self.dense_projector(dense_grid(maps, self.grid)) if self.pixel else None
         return z, d
 
