@@ -3,7 +3,7 @@
 #   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
 #
-#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~14 min on 2 cores)
+#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~15 min on 2 cores)
 #   bash demo.sh --quick    # the same steps with tiny sizes (~2 min): what CI runs
 #
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
