@@ -91,18 +91,20 @@ def stage2_cells(scale: str) -> dict[str, tuple[str, list[str]]]:
     return cells
 
 
-def folder_state(out: Path, done: str) -> list[str] | None:
-    """None when OUT/done exists (finished: skip); else the flag that continues or replaces what is there."""
+def folder_state(module, out: Path, done: str) -> list[str] | None:
+    """None when OUT/done exists (finished: skip); else the flag that continues or replaces what is there (match.py
+    has neither: it only writes its JSON at the end)."""
     if (out / done).exists():
         return None
     if any(out.glob("checkpoints/step_*")) or any(out.glob("runs/*.json")):
         return ["--resume"]
-    return ["--overwrite"] if out.exists() and any(out.iterdir()) else []
+    replace = "--overwrite" in module.get_args_parser()._option_string_actions
+    return ["--overwrite"] if replace and out.exists() and any(out.iterdir()) else []
 
 
 def step(module, out: Path, done: str, argv: list[str], times: dict) -> None:
     """Runs module.main on argv (+ --output_dir), unless finished; records its wall time."""
-    how = folder_state(out, done)
+    how = folder_state(module, out, done)
     if how is None:
         logger.info("== %s: done, kept", out.name)
         return

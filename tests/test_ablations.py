@@ -155,3 +155,22 @@ def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp
     assert {"s1-byol", "s1-moco", "s2-byol-cl64", "match", "regress", "fewshot", "scale_unseen", "parts"} <= set(times)
     ablations.main(args)                                      # nothing left to do: every run kept, same times
     assert json.loads((tmp_path / "a" / "times.json").read_text()) == times
+
+
+def test_an_interrupted_run_is_continued_or_replaced_as_its_script_allows(tmp_path):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import ablations
+    import match
+    import regress
+    out = tmp_path / "run"
+    assert ablations.folder_state(regress, out, "results.json") == []                  # nothing there: a fresh run
+    (out / "runs").mkdir(parents=True)
+    (out / "args.json").write_text("{}")
+    assert ablations.folder_state(regress, out, "results.json") == ["--overwrite"]     # started, nothing finished
+    assert ablations.folder_state(match, out, "matching.json") == []                   # match.py just writes again
+    (out / "runs" / "0-1-0.json").write_text("{}")
+    assert ablations.folder_state(regress, out, "results.json") == ["--resume"]        # finished runs are kept
+    (out / "results.json").write_text("{}")
+    assert ablations.folder_state(regress, out, "results.json") is None                # done: skipped
