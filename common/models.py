@@ -139,8 +139,12 @@ class FPNDecoder(nn.Module):
 
     @staticmethod
     def _block(width: int) -> nn.Sequential:
+        # up to 32 groups as Panoptic FPN, but at least 2 channels a group: at stride 32 a small image's map is
+        # 1x1, and a group of one value has no variance (group_norm raises)
+        groups = math.gcd(32, width)
+        groups = groups if width > groups else groups // 2
         return nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
-                             nn.GroupNorm(math.gcd(32, width), width), nn.ReLU(inplace=True))
+                             nn.GroupNorm(groups, width), nn.ReLU(inplace=True))
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         lat = [conv(m) for conv, m in zip(self.lateral, maps)]

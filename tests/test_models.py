@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from common.losses import byol_loss
-from common.models import MLPHead, ResNetEncoder
+from common.models import DenseExtractor, MLPHead, ResNetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,3 +104,15 @@ def test_our_resnet_is_torchvisions_weight_for_weight_and_output_for_output(arch
         for layer in (ours.layer1, ours.layer2, ours.layer3, ours.layer4):
             y = layer(y)
         torch.testing.assert_close(ours.fc(torch.flatten(ours.avgpool(y), 1)), theirs(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("width", [16, 32, 64, 96])
+def test_fpn_decoder_on_a_single_small_image(width):
+    """At 32 px the stride-32 map is 1x1: each GroupNorm group needs 2 channels there, and wide decoders keep
+    Panoptic FPN's 32 groups."""
+    net = DenseExtractor("resnet18", feature_dim=8, fpn_width=width).eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert {n.num_groups for n in norms} == {32 if width >= 64 else width // 2}
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 32, 32))
+    assert out.shape == (1, 8, 8, 8) and torch.isfinite(out).all()
