@@ -222,3 +222,31 @@ def write_report(out: Path, scale: str, times: dict, dims: list[int]) -> Path:
     report.write_text("\n".join(head + sections + ["## Wall time per run (s)", "",
                                                    ", ".join(f"{k} {v}" for k, v in times.items()), ""]))
     return report
+
+
+STALE = "> Written for an earlier run whose claims differ from these: check it against the tables."
+
+
+def section(text: str, title: str) -> str | None:
+    """The '## title' section of a markdown text, up to the next '## ' heading; None if absent."""
+    start = text.find(f"\n## {title}\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return text[start + 1:end + 1 if end >= 0 else len(text)]
+
+
+def publish(report: Path, results: Path) -> Path:
+    """Copies REPORT to RESULTS/ABLATIONS.md, keeping the hand-written '## Reading' of the file it replaces (put
+    after the claims; flagged as stale when the claims it was written for have changed)."""
+    new, dest = report.read_text(), results / "ABLATIONS.md"
+    old = dest.read_text() if dest.exists() else ""
+    reading, claims = section(old, "Reading"), section(new, "Claims")
+    if reading and claims:
+        if section(old, "Claims") != claims and STALE not in reading:
+            reading = reading.replace("## Reading\n", f"## Reading\n\n{STALE}\n", 1)
+        cut = new.find(claims) + len(claims)
+        new = new[:cut] + reading + new[cut:]
+    results.mkdir(parents=True, exist_ok=True)
+    dest.write_text(new)
+    return dest

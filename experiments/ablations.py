@@ -34,7 +34,7 @@ import dense_distill  # noqa: E402
 import match  # noqa: E402
 import parts  # noqa: E402
 import regress  # noqa: E402
-from ablation_report import write_report  # noqa: E402
+from ablation_report import publish, write_report  # noqa: E402
 from common.cli import run  # noqa: E402
 
 logger = logging.getLogger("lead")
@@ -157,7 +157,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "paper (the scripts' defaults, for GPUs) or quick (tiny, the tests)")
     parser.add_argument("--output_dir", default=None, help="default runs/ablations (runs/ablations_SCALE)")
     parser.add_argument("--publish", action="store_true",
-                        help="copy ABLATIONS.md and its figures to experiments/results/ (replacing them)")
+                        help="copy ABLATIONS.md and its figures to experiments/results/ (replacing them; the "
+                        "hand-written '## Reading' section of ABLATIONS.md there is kept)")
     return parser
 
 
@@ -174,8 +175,7 @@ def main(args) -> Path:
         times_file.write_text(json.dumps(times, indent=1))
     report = write_report(out, args.scale, times, dims_of(args.scale))
     if args.publish:
-        RESULTS.mkdir(exist_ok=True)
-        shutil.copy(report, RESULTS / "ABLATIONS.md")
+        publish(report, RESULTS)
         for png in (out / "parts").glob("*.png"):
             shutil.copy(png, RESULTS / png.name)
     logger.info("report: %s", report)

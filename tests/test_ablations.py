@@ -174,3 +174,27 @@ def test_an_interrupted_run_is_continued_or_replaced_as_its_script_allows(tmp_pa
     assert ablations.folder_state(regress, out, "results.json") == ["--resume"]        # finished runs are kept
     (out / "results.json").write_text("{}")
     assert ablations.folder_state(regress, out, "results.json") is None                # done: skipped
+
+
+def test_publishing_keeps_the_hand_written_reading_and_flags_it_when_the_claims_change(tmp_path):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from ablation_report import STALE, publish
+
+    def report(claim):
+        (tmp_path / "ABLATIONS.md").write_text(f"# Ablations\n\n## Claims\n\n- {claim}\n\n## Table 1\n\n| a |\n")
+        return tmp_path / "ABLATIONS.md"
+
+    results = tmp_path / "results"
+    first = publish(report("LEAD wins: **holds**"), results).read_text()
+    assert first == (tmp_path / "ABLATIONS.md").read_text() and "## Reading" not in first     # nothing to keep
+    reading = "## Reading\n\nLEAD wins because of X.\n\n"
+    first = first.replace("## Table 1", reading + "## Table 1")
+    (results / "ABLATIONS.md").write_text(first)
+    again = publish(report("LEAD wins: **holds**"), results).read_text()
+    assert again == first                                     # same claims: the reading is kept as it was
+    changed = publish(report("LEAD wins: **does not hold**"), results).read_text()
+    assert changed.index("- LEAD wins: **does not hold**") < changed.index("## Reading") < changed.index("## Table 1")
+    assert f"## Reading\n\n{STALE}\n\nLEAD wins because of X." in changed
+    assert changed.count(STALE) == 1 and publish(report("other"), results).read_text().count(STALE) == 1
