@@ -100,6 +100,12 @@ def table3(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     return lines, claims
 
 
+def mean_shape(rows) -> float | None:
+    """The regression's floor: the training mean shape for every test face (the same for every source)."""
+    rows = list(rows)
+    return rows[0]["mean_shape"] if rows else None
+
+
 def regression_error(r: dict, key: str) -> float | None:
     row = r["regress"].get(key)
     return row["mean"] if row else None
@@ -113,6 +119,8 @@ def table4_and_6(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[s
         for name, run in (("CL", f"s2-moco-cl{d}"), ("LEAD", f"s2-byol-lead{d}")):
             lines.append(f"| {name} | {d} | {fmt(regression_error(r, path_of(out, run)), 2)} | "
                          f"{PAPER_T4[(name, d)]:.2f} |")
+    floor = mean_shape(r["regress"].values())
+    lines.append(f"| mean shape (no features) | | {fmt(floor, 2)} | |")
     lines += ["", "## Table 6: stage-1 × stage-2 objectives (aligned regression, % IOD)", "",
               "Ours: synthetic aligned test split; the paper: AFLW_M. Each cell: ours (paper).", "",
               "| stage 1 | stage 2 | " + " | ".join(str(d) for d in dims) + " |",
@@ -130,7 +138,7 @@ def table4_and_6(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[s
             cl = regression_error(r, path_of(out, f"s2-{s1}-cl{d}"))
             if lead is not None and cl is not None:
                 wins.append((s1, d, lead < cl))
-    lines.append("")
+    lines += [f"| mean shape (no features) | | {fmt(floor, 2)} |" + " |" * (len(dims) - 1), ""]
     if wins:
         held = sum(w for *_, w in wins)
         claims.append(f"Table 6, LEAD's stage 2 regresses better than CL's whatever the stage 1: "
@@ -154,6 +162,9 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
         cells = [f"{got[n][0]:.1f} ± {got[n][1]:.1f}" + (f" ({paper[n]})" if n in paper else "") if n in got
                  else "–" for n in sizes]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    floor = {s["num_train"]: s["mean_shape"] for s in r["fewshot"]}
+    lines.append("| mean shape (no features) | " + " | ".join(fmt(floor.get(n)) for n in sizes) + " |")
+    lines += ["", "Picture: `fewshot.png` (regress.py's curve, with the mean shape's error)."]
     lead, cl = rows.get(path_of(out, "s2-byol-lead64"), {}), rows.get(path_of(out, "s2-moco-cl64"), {})
     both = [n for n in sizes if n in lead and n in cl]
     if both:
@@ -173,12 +184,34 @@ def scale_table(out: Path, r: dict) -> tuple[list[str], list[str]]:
         got[name] = (seen, unseen)
         rise = fmt(unseen - seen, 2) if None not in (seen, unseen) else "–"
         lines.append(f"| {name} | {fmt(seen, 2)} | {fmt(unseen, 2)} | {rise} |")
+    seen, unseen = (mean_shape(r["scale"][k].values()) for k in ("seen", "unseen"))
+    lines.append(f"| mean shape (no features) | {fmt(seen, 2)} | {fmt(unseen, 2)} | |")
     claims = []
     if None not in got["LEAD-64"] + got["CL-64"]:
+        scale_picture(got, out / "scale.png")
+        lines += ["", "Picture: `scale.png`."]
         (ls, lu), (cs, cu) = got["LEAD-64"], got["CL-64"]
         claims.append(f"Fig. 9, LEAD is better than CL at seen and unseen scales: {verdict(ls < cs and lu < cu)}; "
                       f"and less sensitive to unseen scales: {verdict(lu - ls < cu - cs)}.")
     return lines + [""], claims
+
+
+def scale_picture(got: dict[str, tuple[float, float]], path: Path) -> None:
+    """Fig. 9 in two bars a method: error at the seen and the unseen zoom-out."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for i, (name, errors) in enumerate(got.items()):
+        ax.bar([i - 0.2, i + 0.2], errors, width=0.4, color=["tab:blue", "tab:orange"])
+    ax.set_xticks(range(len(got)), list(got))
+    ax.legend(handles=[Patch(color="tab:blue", label="zoom-out 1-1.5 (seen)"),
+                       Patch(color="tab:orange", label="zoom-out 1.5-2 (unseen)")], fontsize=8)
+    ax.set(ylabel="error (% IOD)", title="regression trained at zoom-out 1-1.5")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def parts_table(r: dict) -> tuple[list[str], list[str]]:
@@ -204,6 +237,26 @@ def parts_table(r: dict) -> tuple[list[str], list[str]]:
                     "cluster), `tsne_*.png` (t-SNE of the landmark features, coloured by landmark).", ""], claims
 
 
+def caveats(out: Path, r: dict) -> list[str]:
+    """Where a claim's evidence is void: a model no better than its floor (points left in place, the mean shape),
+    or a stage 1 that matches across identities worse than an untrained network."""
+    found = []
+    for name, run in (("CL-64", "s2-moco-cl64"), ("LEAD-64", "s2-byol-lead64"), ("the BYOL hypercolumn", "s1-byol")):
+        m, reg = r["match"].get(path_of(out, run)), r["regress"].get(path_of(out, run))
+        if m and m["same_iod"] > 0.97 * m["same_floor_iod"]:
+            found.append(f"{name} matches the same identity no better than leaving the points in place "
+                         f"({m['same_iod']:.1f} vs. {m['same_floor_iod']:.1f}).")
+        if reg and reg["mean"] > 0.97 * reg["mean_shape"]:
+            found.append(f"{name}'s aligned regression is at the mean shape's ({reg['mean']:.2f} vs. "
+                         f"{reg['mean_shape']:.2f}): its features carry no landmark information a regressor finds.")
+    byol = r["match"].get(path_of(out, "s1-byol"))
+    random = next((m for k, m in r["match"].items() if k.startswith("random-")), None)
+    if byol and random and byol["diff_iod"] > random["diff_iod"]:
+        found.append(f"Stage 1 (BYOL) matches across identities worse than an untrained network ({byol['diff_iod']:.1f}"
+                     f" vs. {random['diff_iod']:.1f}): every stage 2 distils features that do not transfer.")
+    return [f"- {c}" for c in found]
+
+
 def write_report(out: Path, scale: str, times: dict, dims: list[int]) -> Path:
     """OUT/ABLATIONS.md from the runs in OUT; `dims`: the feature dimensions of the grid."""
     r = load(out)
@@ -218,6 +271,8 @@ def write_report(out: Path, scale: str, times: dict, dims: list[int]) -> Path:
             "Our figures are on the synthetic faces at this scale and are not comparable in value with the paper's "
             "(real data, resnet50 at 96 px, full schedules); what can be compared is the direction of each claim.",
             "", "## Claims", ""] + [f"- {c}" for c in claims] + [""]
+    if warn := caveats(out, r):
+        head += ["Caveats: where the evidence for a claim is void.", ""] + warn + [""]
     report = out / "ABLATIONS.md"
     report.write_text("\n".join(head + sections + ["## Wall time per run (s)", "",
                                                    ", ".join(f"{k} {v}" for k, v in times.items()), ""]))

@@ -176,8 +176,9 @@ def main(args) -> Path:
     report = write_report(out, args.scale, times, dims_of(args.scale))
     if args.publish:
         publish(report, RESULTS)
-        for png in (out / "parts").glob("*.png"):
-            shutil.copy(png, RESULTS / png.name)
+        for png in [*(out / "parts").glob("*.png"), out / "fewshot" / "fewshot.png", out / "scale.png"]:
+            if png.exists():
+                shutil.copy(png, RESULTS / png.name)
     logger.info("report: %s", report)
     return report
 

@@ -130,19 +130,24 @@ def test_cl_objective_trains_the_decoder_on_its_loss(cache_dir, tmp_path, teache
     assert len(losses) == 2 and all(0 < v < (2 * 32 ** 2) ** 0.25 for v in losses)   # below the farthest pair's
 
 
-def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp_path):
+def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp_path, monkeypatch):
     """experiments/ablations.py --scale quick: every training and evaluation cell, tiny; the report's figures are
-    the runs' own; run again, every finished run is kept."""
+    the runs' own, published with its pictures; run again, every finished run is kept."""
     import json
     import sys
     from conftest import ROOT
     sys.path.insert(0, str(ROOT / "experiments"))
     import ablations
-    args = ablations.get_args_parser().parse_args(["--scale", "quick", "--output_dir", str(tmp_path / "a")])
+    monkeypatch.setattr(ablations, "RESULTS", tmp_path / "results")
+    args = ablations.get_args_parser().parse_args(["--scale", "quick", "--output_dir", str(tmp_path / "a"),
+                                                   "--publish"])
     text = ablations.main(args).read_text()
+    assert (tmp_path / "results" / "ABLATIONS.md").read_text() == text
+    pictures = {p.name for p in (tmp_path / "results").glob("*.png")}
+    assert {"fewshot.png", "scale.png"} <= pictures and any(p.startswith("parts_") for p in pictures)
     for title in ("## Table 1", "## Table 3", "## Table 4", "## Table 5", "## Table 6", "## Fig. 9", "## Fig. 5-6"):
         assert title in text
-    claims = [line for line in text.splitlines() if line.startswith("- ")]
+    claims = [line for line in text.split("## Table 1")[0].split("Caveats")[0].splitlines() if line.startswith("- ")]
     assert len(claims) >= 6 and all("**holds**" in c or "**does not hold**" in c for c in claims)
     matched = {m["model"]: m for m in json.loads((tmp_path / "a" / "match" / "matching.json").read_text())["models"]}
     lead = matched[str(tmp_path / "a" / "s2-byol-lead64" / "final")]
@@ -151,6 +156,8 @@ def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp
         "summary"]}
     cl = reg[str(tmp_path / "a" / "s2-moco-cl64" / "final")]["mean"]
     assert f"| MoCo (CL) | CL | {cl:.2f} (7.86) |" in text
+    floor = reg[str(tmp_path / "a" / "s2-moco-cl64" / "final")]["mean_shape"]
+    assert f"| mean shape (no features) | | {floor:.2f} | |" in text
     times = json.loads((tmp_path / "a" / "times.json").read_text())
     assert {"s1-byol", "s1-moco", "s2-byol-cl64", "match", "regress", "fewshot", "scale_unseen", "parts"} <= set(times)
     ablations.main(args)                                      # nothing left to do: every run kept, same times
@@ -198,3 +205,24 @@ def test_publishing_keeps_the_hand_written_reading_and_flags_it_when_the_claims_
     assert changed.index("- LEAD wins: **does not hold**") < changed.index("## Reading") < changed.index("## Table 1")
     assert f"## Reading\n\n{STALE}\n\nLEAD wins because of X." in changed
     assert changed.count(STALE) == 1 and publish(report("other"), results).read_text().count(STALE) == 1
+
+
+def test_caveats_name_the_models_no_better_than_their_floors(tmp_path):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from ablation_report import caveats, path_of
+
+    def matched(same, diff):
+        return {"same_iod": same, "same_floor_iod": 40.0, "diff_iod": diff}
+    r = {"match": {path_of(tmp_path, "s2-moco-cl64"): matched(39.5, 53.0), path_of(tmp_path, "s2-byol-lead64"):
+                   matched(20.0, 60.0), path_of(tmp_path, "s1-byol"): matched(15.0, 70.0), "random-resnet18":
+                   matched(18.0, 75.0)},
+         "regress": {path_of(tmp_path, "s2-moco-cl64"): {"mean": 30.0, "mean_shape": 38.0},
+                     path_of(tmp_path, "s2-byol-lead64"): {"mean": 37.5, "mean_shape": 38.0}}}
+    found = caveats(tmp_path, r)
+    assert found == ["- CL-64 matches the same identity no better than leaving the points in place (39.5 vs. 40.0).",
+                     "- LEAD-64's aligned regression is at the mean shape's (37.50 vs. 38.00): its features carry no "
+                     "landmark information a regressor finds."]
+    r["match"][path_of(tmp_path, "s1-byol")]["diff_iod"] = 80.0              # worse than untrained across identities
+    assert caveats(tmp_path, r)[-1].startswith("- Stage 1 (BYOL) matches across identities worse than an untrained")
