@@ -202,12 +202,13 @@ def scale_picture(got: dict[str, tuple[float, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for i, (name, errors) in enumerate(got.items()):
         ax.bar([i - 0.2, i + 0.2], errors, width=0.4, color=["tab:blue", "tab:orange"])
     ax.set_xticks(range(len(got)), list(got))
     ax.legend(handles=[Patch(color="tab:blue", label="zoom-out 1-1.5 (seen)"),
-                       Patch(color="tab:orange", label="zoom-out 1.5-2 (unseen)")], fontsize=8)
+                       Patch(color="tab:orange", label="zoom-out 1.5-2 (unseen)")], fontsize=8, ncol=2,
+              loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set(ylabel="error (% IOD)", title="regression trained at zoom-out 1-1.5")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
