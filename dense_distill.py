@@ -202,7 +202,8 @@ def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) ->
         return {}
     dev = accelerator.device
     with eval_mode(student):
-        out = probe_all({f"lead-{args.feature_dim}": lambda x: student(x.to(dev)).float().cpu(),
+        name = f"{'cl' if args.objective == 'cl' else 'lead'}-{args.feature_dim}"
+        out = probe_all({name: lambda x: student(x.to(dev)).float().cpu(),
                          f"hypercolumn-{teacher.hypercolumn_dim}":
                              lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
                         load_tensors(args, "val"), args.crop_size, args.probe_pairs, args.seed)

@@ -168,7 +168,8 @@ def load_model(source: str) -> FeatureSource:
     try:
         if kind == "compact":
             model = DenseExtractor.from_pretrained(source)
-            return Compact(model, f"lead-{model.feature_dim}")
+            kind = "cl" if model.spatial_softmax else "lead"       # heatmaps: ContrastLandmark's export
+            return Compact(model, f"{kind}-{model.feature_dim}")
         enc = ResNetEncoder.from_pretrained(source)
         return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
     except Exception as e:                                    # a config that does not fit its weights

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import byol_pretrain
+from common.features import load_model
 from common.losses import cl_loss, info_nce
 from common.models import DenseExtractor, ResNetEncoder
 from common.training import ema_update
@@ -122,7 +123,7 @@ def test_spatial_softmax_features_are_heatmaps_and_survive_save_and_load(tmp_pat
 def test_cl_objective_trains_the_decoder_on_its_loss(cache_dir, tmp_path, teacher):
     from test_dense_distill import losses_of, run
     result = run(teacher, tmp_path / "cl", "--max_steps", "2", "--probe_pairs", "4", "--objective", "cl")
-    assert "lead-16" in result["probe"]
+    assert "cl-16" in result["probe"] and load_model(str(tmp_path / "cl" / "final")).name == "cl-16"
     student = DenseExtractor.from_pretrained(tmp_path / "cl" / "final")
     weights = load_file(tmp_path / "cl" / "final" / "model.safetensors")
     assert student.spatial_softmax == 7.0 and not any(k.startswith("head") for k in weights)
