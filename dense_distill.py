@@ -49,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--init_from", required=True, help="a stage-1 final/ folder or Hub id (the teacher Φ_G)")
     g.add_argument("--feature_dim", type=at_least(1), default=64, help="channels of the dense features (64, 128, 256)")
     g.add_argument("--fpn_width", type=at_least(8), default=128, help="channels inside the FPN decoder")
+    g.add_argument("--decoder", default="fpn", choices=["fpn", "linear"],
+                   help="fpn (LEAD's) or linear: a 1x1 convolution of the hypercolumn, ContrastLandmark's projector")
     g.add_argument("--head_dim", type=int, default=256, help="projection head output width (0: no head, Table 3)")
     g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
     g.add_argument("--keep_frozen", type=int, default=0, choices=range(5),
@@ -153,7 +155,7 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     torch.manual_seed(args.seed)
     softmax = args.cl_softmax if args.objective == "cl" else 0.0          # ContrastLandmark's heatmap channels
     student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
-                             input_size=args.crop_size, spatial_softmax=softmax,
+                             input_size=args.crop_size, spatial_softmax=softmax, decoder=args.decoder,
                              mean=tuple(teacher.mean.flatten().tolist()), std=tuple(teacher.std.flatten().tolist()))
     student.encoder.load_state_dict(teacher.state_dict())
     head_dim = args.head_dim if "lead" in args.objective else 0     # DVE, CL: the loss sees the features themselves
@@ -202,7 +204,7 @@ def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) ->
         return {}
     dev = accelerator.device
     with eval_mode(student):
-        name = f"{'cl' if args.objective == 'cl' else 'lead'}-{args.feature_dim}"
+        name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
         out = probe_all({name: lambda x: student(x.to(dev)).float().cpu(),
                          f"hypercolumn-{teacher.hypercolumn_dim}":
                              lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},

@@ -164,22 +164,26 @@ class FPNDecoder(nn.Module):
 
 class DenseExtractor(nn.Module, PyTorchModelHubMixin):
     """LEAD's compact dense extractor Φ_D (stage 2): a ResNet encoder (initialised from stage 1) and
-    an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]. `spatial_softmax` m > 0
-    turns each channel into a heatmap, softmax over the positions of m x the decoder's output (ContrastLandmark's
+    an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]. decoder="linear" is instead
+    ContrastLandmark's projector: a 1x1 convolution of the hypercolumn, blind to where a position is. `spatial_softmax`
+    m > 0 turns each channel into a heatmap, softmax over the positions of m x the decoder's output (ContrastLandmark's
     features, its softargmax_mul 7)."""
 
     def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
                  mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96,
-                 spatial_softmax: float = 0.0):
+                 spatial_softmax: float = 0.0, decoder: str = "fpn"):
         super().__init__()
+        if decoder not in ("fpn", "linear"):
+            raise ValueError(f"decoder must be fpn or linear, not {decoder!r}")
         self.arch, self.feature_dim, self.input_size = arch, feature_dim, input_size
-        self.spatial_softmax = spatial_softmax
+        self.spatial_softmax, self.decoder_kind = spatial_softmax, decoder
         self.encoder = ResNetEncoder(arch, mean=mean, std=std, last_stride=last_stride)
-        self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim)
+        self.decoder = FPNDecoder(self.encoder.channels, fpn_width, feature_dim) if decoder == "fpn" else \
+            nn.Conv2d(self.encoder.hypercolumn_dim, feature_dim, 1)
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """The encoder's layer maps -> the dense features."""
-        x = self.decoder(maps)
+        x = self.decoder(maps if self.decoder_kind == "fpn" else self.encoder.hypercolumn_of(maps))
         if self.spatial_softmax:
             h = x.shape[-2]
             x = rearrange(F.softmax(rearrange(x.float() * self.spatial_softmax, "b c h w -> b c (h w)"), dim=-1),

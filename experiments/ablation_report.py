@@ -17,6 +17,8 @@ PAPER_T5 = {"CL": [24.87, 15.15, 13.62, 11.77, 11.57, 10.06], "LEAD": [21.8, 13.
 PAPER_T6 = {("moco", "cl"): (7.86, 7.81, 7.31), ("moco", "lead"): (6.66, 6.58, 6.69),
             ("byol", "cl"): (7.89, 7.86, 7.41), ("byol", "lead"): (6.61, 6.60, 6.51)}
 STAGE1_NAME = {"byol": "BYOL (LEAD)", "moco": "MoCo (CL)"}
+# ContrastLandmark's loss on LEAD's FPN decoder (the issue's "same decoder"), and on its own 1x1 projector
+CLS = (("CL-64", "s2-moco-cl64"), ("CL-64, 1x1 projector", "s2-moco-cl64-linear"))
 
 
 def load(out: Path) -> dict:
@@ -51,16 +53,21 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
              "| method | feat. dim | same (ours) | different (ours) | same (paper) | different (paper) |",
              "| --- | --- | --- | --- | --- | --- |"]
     rows = [("CL", d, path_of(out, f"s2-moco-cl{d}")) for d in dims] + \
+           [("CL, 1x1 projector", 64, path_of(out, "s2-moco-cl64-linear"))] + \
            [("LEAD", d, path_of(out, f"s2-byol-lead{d}")) for d in dims] + \
            [("BYOL + NMF", 64, "nmf:64"), ("BYOL + NMF", 256, "nmf:256"),
             ("CL", "hypercolumn", path_of(out, "s1-moco")),
             ("LEAD", "hypercolumn", path_of(out, "s1-byol"))]
     for name, dim, key in rows:
         ours = m.get(key, {})
-        paper = PAPER_T1.get((name, dim), (None, None))
+        paper = PAPER_T1.get((name.split(",")[0], dim), (None, None))
         shown = f"{ours['dim']} (hypercolumn)" if dim == "hypercolumn" and ours else dim
         lines.append(f"| {name} | {shown} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
                      f"{fmt(paper[0], 2)} | {fmt(paper[1], 2)} |")
+    for key, ours in m.items():
+        if key.startswith("random-"):
+            lines.append(f"| untrained network | {ours['dim']} | {fmt(ours['same_iod'])} | {fmt(ours['diff_iod'])} "
+                         f"| | |")
     floor = next(iter(m.values()))
     lines += [f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |", ""]
     lead, nmf = m.get(path_of(out, "s2-byol-lead64"), {}), m.get("nmf:64", {})
@@ -70,11 +77,12 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
                       f"identity): {verdict(lead['same_iod'] < nmf['same_iod'] and lead['diff_iod'] < nmf['diff_iod'])}"
                       f" ({lead['same_iod']:.1f} / {lead['diff_iod']:.1f} vs. {nmf['same_iod']:.1f} / "
                       f"{nmf['diff_iod']:.1f}).")
-    cl = m.get(path_of(out, "s2-moco-cl64"), {})
-    if lead and cl:
-        claims.append(f"Table 1, LEAD-64 matches the same identity better than CL-64: "
-                      f"{verdict(lead['same_iod'] < cl['same_iod'])} "
-                      f"({lead['same_iod']:.1f} vs. {cl['same_iod']:.1f}).")
+    for cl_name, run in CLS:
+        cl = m.get(path_of(out, run), {})
+        if lead and cl:
+            claims.append(f"Table 1, LEAD-64 matches the same identity better than {cl_name}: "
+                          f"{verdict(lead['same_iod'] < cl['same_iod'])} "
+                          f"({lead['same_iod']:.1f} vs. {cl['same_iod']:.1f}).")
     return lines, claims
 
 
@@ -92,7 +100,8 @@ def table3(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
         paper = PAPER_T3[(dim, head)]
         lines.append(f"| {dim} | {head or '✗'} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
                      f"{paper[0]:.2f} | {paper[1]:.2f} |")
-    lines.append("")
+    floor = next(iter(m.values()))
+    lines += [f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |", ""]
     claims = []
     if None not in (got.get((64, 0)), got.get((64, 256))):
         claims.append(f"Table 3, a projection head (256) improves different-identity matching over none: "
@@ -133,6 +142,13 @@ def table4_and_6(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[s
                 ours = regression_error(r, path_of(out, f"s2-{s1}-{s2}{d}"))
                 cells.append(f"{fmt(ours, 2)} ({PAPER_T6[(s1, s2)][i]:.2f})")
             lines.append(f"| {STAGE1_NAME[s1]} | {s2.upper()} | " + " | ".join(cells) + " |")
+            linear = regression_error(r, path_of(out, f"s2-{s1}-{s2}64-linear"))
+            if linear is not None:
+                lines.append(f"| {STAGE1_NAME[s1]} | {s2.upper()}, 1x1 projector | {fmt(linear, 2)} "
+                             f"({PAPER_T6[(s1, s2)][0]:.2f}) |" + " – |" * (len(dims) - 1))
+                lead = regression_error(r, path_of(out, f"s2-{s1}-lead64"))
+                if lead is not None:
+                    wins.append((s1, "64, 1x1", lead < linear))
         for d in dims:
             lead = regression_error(r, path_of(out, f"s2-{s1}-lead{d}"))
             cl = regression_error(r, path_of(out, f"s2-{s1}-cl{d}"))
@@ -156,7 +172,7 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
              "100.", "",
              "| method | " + " | ".join(str(n) for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
     claims = []
-    for name, run in (("CL-64", "s2-moco-cl64"), ("LEAD-64", "s2-byol-lead64")):
+    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64")):
         got = rows.get(path_of(out, run), {})
         paper = dict(zip((1, 5, 10, 20, 50, 100), PAPER_T5[name.split("-")[0]]))
         cells = [f"{got[n][0]:.1f} ± {got[n][1]:.1f}" + (f" ({paper[n]})" if n in paper else "") if n in got
@@ -165,12 +181,14 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
     floor = {s["num_train"]: s["mean_shape"] for s in r["fewshot"]}
     lines.append("| mean shape (no features) | " + " | ".join(fmt(floor.get(n)) for n in sizes) + " |")
     lines += ["", "Picture: `fewshot.png` (regress.py's curve, with the mean shape's error)."]
-    lead, cl = rows.get(path_of(out, "s2-byol-lead64"), {}), rows.get(path_of(out, "s2-moco-cl64"), {})
-    both = [n for n in sizes if n in lead and n in cl]
-    if both:
-        held = sum(lead[n][0] < cl[n][0] for n in both)
-        claims.append(f"Table 5, LEAD-64 beats CL-64 at every number of annotations: {verdict(held == len(both))} "
-                      f"(at {held} of {len(both)} sizes).")
+    lead = rows.get(path_of(out, "s2-byol-lead64"), {})
+    for cl_name, run in CLS:
+        cl = rows.get(path_of(out, run), {})
+        both = [n for n in sizes if n in lead and n in cl]
+        if both:
+            held = sum(lead[n][0] < cl[n][0] for n in both)
+            claims.append(f"Table 5, LEAD-64 beats {cl_name} at every number of annotations: "
+                          f"{verdict(held == len(both))} (at {held} of {len(both)} sizes).")
     return lines + [""], claims
 
 
@@ -178,7 +196,7 @@ def scale_table(out: Path, r: dict) -> tuple[list[str], list[str]]:
     lines = ["## Fig. 9: sensitivity to scale (unaligned regression, trained at zoom-out 1-1.5)", "",
              "| method | test at 1-1.5 (seen) | test at 1.5-2 (unseen) | increase |", "| --- | --- | --- | --- |"]
     got = {}
-    for name, run in (("CL-64", "s2-moco-cl64"), ("LEAD-64", "s2-byol-lead64")):
+    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64")):
         seen = r["scale"]["seen"].get(path_of(out, run), {}).get("mean")
         unseen = r["scale"]["unseen"].get(path_of(out, run), {}).get("mean")
         got[name] = (seen, unseen)
@@ -187,12 +205,16 @@ def scale_table(out: Path, r: dict) -> tuple[list[str], list[str]]:
     seen, unseen = (mean_shape(r["scale"][k].values()) for k in ("seen", "unseen"))
     lines.append(f"| mean shape (no features) | {fmt(seen, 2)} | {fmt(unseen, 2)} | |")
     claims = []
-    if None not in got["LEAD-64"] + got["CL-64"]:
-        scale_picture(got, out / "scale.png")
+    drawn = {name: v for name, v in got.items() if None not in v}
+    if "LEAD-64" in drawn and len(drawn) > 1:
+        scale_picture(drawn, out / "scale.png")
         lines += ["", "Picture: `scale.png`."]
-        (ls, lu), (cs, cu) = got["LEAD-64"], got["CL-64"]
-        claims.append(f"Fig. 9, LEAD is better than CL at seen and unseen scales: {verdict(ls < cs and lu < cu)}; "
-                      f"and less sensitive to unseen scales: {verdict(lu - ls < cu - cs)}.")
+    for cl_name, _ in CLS:
+        if "LEAD-64" in drawn and cl_name in drawn:
+            (ls, lu), (cs, cu) = drawn["LEAD-64"], drawn[cl_name]
+            claims.append(f"Fig. 9, LEAD-64 is better than {cl_name} at seen and unseen scales: "
+                          f"{verdict(ls < cs and lu < cu)}; and less sensitive to unseen scales: "
+                          f"{verdict(lu - ls < cu - cs)}.")
     return lines + [""], claims
 
 
@@ -242,7 +264,7 @@ def caveats(out: Path, r: dict) -> list[str]:
     """Where a claim's evidence is void: a model no better than its floor (points left in place, the mean shape),
     or a stage 1 that matches across identities worse than an untrained network."""
     found = []
-    for name, run in (("CL-64", "s2-moco-cl64"), ("LEAD-64", "s2-byol-lead64"), ("the BYOL hypercolumn", "s1-byol")):
+    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64"), ("the BYOL hypercolumn", "s1-byol")):
         m, reg = r["match"].get(path_of(out, run)), r["regress"].get(path_of(out, run))
         if m and m["same_iod"] > 0.97 * m["same_floor_iod"]:
             found.append(f"{name} matches the same identity no better than leaving the points in place "
@@ -250,17 +272,20 @@ def caveats(out: Path, r: dict) -> list[str]:
         if reg and reg["mean"] > 0.97 * reg["mean_shape"]:
             found.append(f"{name}'s aligned regression is at the mean shape's ({reg['mean']:.2f} vs. "
                          f"{reg['mean_shape']:.2f}): its features carry no landmark information a regressor finds.")
-    byol = r["match"].get(path_of(out, "s1-byol"))
     random = next((m for k, m in r["match"].items() if k.startswith("random-")), None)
-    if byol and random and byol["diff_iod"] > random["diff_iod"]:
-        found.append(f"Stage 1 (BYOL) matches across identities worse than an untrained network ({byol['diff_iod']:.1f}"
-                     f" vs. {random['diff_iod']:.1f}): every stage 2 distils features that do not transfer.")
+    for s1, name in (("byol", "BYOL"), ("moco", "MoCo")):
+        m = r["match"].get(path_of(out, f"s1-{s1}"))
+        if m and random and m["diff_iod"] > random["diff_iod"]:
+            found.append(f"Stage 1 ({name}) matches across identities worse than an untrained network "
+                         f"({m['diff_iod']:.1f} vs. {random['diff_iod']:.1f}): the stage 2s on it distil features that "
+                         f"do not transfer.")
     return [f"- {c}" for c in found]
 
 
 def write_report(out: Path, scale: str, times: dict, dims: list[int]) -> Path:
     """OUT/ABLATIONS.md from the runs in OUT; `dims`: the feature dimensions of the grid."""
     r = load(out)
+    (out / "scale.png").unlink(missing_ok=True)                   # drawn again below when its figures are there
     sections, claims = [], []
     for lines, found in (table1(out, r, dims), table3(out, r, dims), table4_and_6(out, r, dims), table5(out, r),
                          scale_table(out, r), parts_table(r)):
@@ -294,13 +319,15 @@ def section(text: str, title: str) -> str | None:
 
 def publish(report: Path, results: Path) -> Path:
     """Copies REPORT to RESULTS/ABLATIONS.md, keeping the hand-written '## Reading' of the file it replaces (put
-    after the claims; flagged as stale when the claims it was written for have changed)."""
+    after the claims; flagged as stale when the claims or caveats it was written for have changed)."""
     new, dest = report.read_text(), results / "ABLATIONS.md"
     old = dest.read_text() if dest.exists() else ""
     reading, claims = section(old, "Reading"), section(new, "Claims")
     if reading and claims:
+        reading = reading.rstrip("\n") + "\n\n"                # a blank line before the next heading
         if section(old, "Claims") != claims and STALE not in reading:
-            reading = reading.replace("## Reading\n", f"## Reading\n\n{STALE}\n", 1)
+            body = reading.removeprefix("## Reading\n").lstrip("\n")
+            reading = f"## Reading\n\n{STALE}\n\n{body}"
         cut = new.find(claims) + len(claims)
         new = new[:cut] + reading + new[cut:]
     results.mkdir(parents=True, exist_ok=True)

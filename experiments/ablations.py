@@ -7,11 +7,13 @@ synthetic benchmark, with the four scripts' own flags: which parts of LEAD matte
     python experiments/ablations.py --publish          # also copy ABLATIONS.md and its figures to experiments/results/
 
 The grid: stage 1 is BYOL (the paper's) or MoCo (ContrastLandmark's); stage 2 is LEAD or ContrastLandmark's dense
-loss (`--objective cl`) on the same decoder, frozen encoder as in the paper, at 64 / 128 / 256 channels, and LEAD-64
-with a projection head of 256 (default), 64 or none. Each trained model is evaluated by the matching benchmark
+loss (`--objective cl`) on the same decoder, frozen encoder as in the paper, at 64 / 128 / 256 channels; LEAD-64
+with a projection head of 256 (default), 64 or none; and CL-64 on ContrastLandmark's own projector (`--decoder
+linear`, a 1x1 convolution of the hypercolumn). Each trained model is evaluated by the matching benchmark
 (`match.py --benchmark`, test split) and the aligned regression (`regress.py`, all labels), next to the stage-1
-hypercolumns and their PCA / NMF (64, and NMF 256); LEAD-64 and CL-64 (MoCo + CL, ContrastLandmark's method) also by
-the few-shot curve and by regression on unaligned faces trained at zoom-out 1-1.5 and tested at 1-1.5 and 1.5-2.
+hypercolumns and their PCA / NMF (64, and NMF 256); LEAD-64 and both CL-64 (MoCo + CL, ContrastLandmark's method)
+also by the few-shot curve and by regression on unaligned faces trained at zoom-out 1-1.5 and tested at 1-1.5 and
+1.5-2.
 Part discovery runs on the stage-1 models.
 
 Every run is a folder of OUTPUT: a finished one is kept, an interrupted one continued with --resume, so the command
@@ -88,6 +90,8 @@ def stage2_cells(scale: str) -> dict[str, tuple[str, list[str]]]:
                 cells[f"{s1}-{obj}{dim}"] = (s1, ["--objective", obj, "--feature_dim", str(dim)])
     for head in (64, 0):
         cells[f"byol-lead64-head{head}"] = ("byol", ["--feature_dim", "64", "--head_dim", str(head)])
+    # ContrastLandmark's own projector: its loss learns position on an FPN decoder, which sees where it is
+    cells["moco-cl64-linear"] = ("moco", ["--objective", "cl", "--feature_dim", "64", "--decoder", "linear"])
     return cells
 
 
@@ -135,7 +139,7 @@ def evaluate_all(args, flags: dict, out: Path, models: dict, times: dict) -> Non
          + common, times)
     step(regress, out / "regress", "results.json", flags["data"] + flags["reg"] + ["--features_from", *sources]
          + common, times)
-    pair = [str(models["byol-lead64"] / "final"), str(models["moco-cl64"] / "final")]   # LEAD vs. ContrastLandmark
+    pair = [str(models[n] / "final") for n in ("byol-lead64", "moco-cl64", "moco-cl64-linear")]   # LEAD vs. CL
     step(regress, out / "fewshot", "results.json", flags["data"] + flags["reg"] + flags["few"]
          + ["--features_from", *pair], times)
     for name, zoom in (("seen", "1,1.5"), ("unseen", "1.5,2")):

@@ -131,6 +131,33 @@ def test_cl_objective_trains_the_decoder_on_its_loss(cache_dir, tmp_path, teache
     assert len(losses) == 2 and all(0 < v < (2 * 32 ** 2) ** 0.25 for v in losses)   # below the farthest pair's
 
 
+def test_linear_decoder_is_a_1x1_convolution_of_the_hypercolumn_and_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    net = DenseExtractor("resnet18", feature_dim=8, decoder="linear").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        y, h = net(x), net.encoder.hypercolumn(x)                             # [2, 960, 8, 8]
+    expected = torch.einsum("oc,bchw->bohw", net.decoder.weight[:, :, 0, 0], h) + net.decoder.bias[:, None, None]
+    assert y.shape == (2, 8, 8, 8) and torch.allclose(y, expected, atol=1e-5)
+    assert sum(p.numel() for p in net.decoder.parameters()) == 960 * 8 + 8
+    net.save_pretrained(tmp_path / "m")
+    again = DenseExtractor.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert again.decoder_kind == "linear" and torch.allclose(again(x), y, atol=1e-6)
+    with pytest.raises(ValueError, match="decoder must be fpn or linear, not 'mlp'"):
+        DenseExtractor("resnet18", decoder="mlp")
+
+
+def test_cl_trains_contrastlandmarks_linear_projector(cache_dir, tmp_path, teacher):
+    from test_dense_distill import losses_of, run
+    run(teacher, tmp_path / "cl", "--max_steps", "2", "--probe_pairs", "0", "--objective", "cl", "--decoder", "linear")
+    weights = load_file(tmp_path / "cl" / "final" / "model.safetensors")
+    assert set(k for k in weights if not k.startswith("encoder.")) == {"decoder.weight", "decoder.bias"}
+    torch.manual_seed(0)                                                        # the script's draw before training
+    assert not torch.equal(weights["decoder.weight"], DenseExtractor("resnet18", 16, decoder="linear").decoder.weight)
+    assert len(losses_of(tmp_path / "cl")) == 2
+
+
 def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp_path, monkeypatch):
     """experiments/ablations.py --scale quick: every training and evaluation cell, tiny; the report's figures are
     the runs' own, published with its pictures; run again, every finished run is kept."""
@@ -159,6 +186,9 @@ def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp
     assert f"| MoCo (CL) | CL | {cl:.2f} (7.86) |" in text
     floor = reg[str(tmp_path / "a" / "s2-moco-cl64" / "final")]["mean_shape"]
     assert f"| mean shape (no features) | | {floor:.2f} | |" in text
+    for table in [t for t in text.split("\n\n") if t.startswith("| ")]:          # every row as wide as its header
+        rows = table.splitlines()
+        assert all(row.count("|") == rows[0].count("|") for row in rows), table
     times = json.loads((tmp_path / "a" / "times.json").read_text())
     assert {"s1-byol", "s1-moco", "s2-byol-cl64", "match", "regress", "fewshot", "scale_unseen", "parts"} <= set(times)
     ablations.main(args)                                      # nothing left to do: every run kept, same times
@@ -206,6 +236,9 @@ def test_publishing_keeps_the_hand_written_reading_and_flags_it_when_the_claims_
     assert changed.index("- LEAD wins: **does not hold**") < changed.index("## Reading") < changed.index("## Table 1")
     assert f"## Reading\n\n{STALE}\n\nLEAD wins because of X." in changed
     assert changed.count(STALE) == 1 and publish(report("other"), results).read_text().count(STALE) == 1
+    (results / "ABLATIONS.md").write_text(first.replace(reading + "## Table 1", "## Table 1") + "\n" + reading.strip())
+    last = publish(report("LEAD wins: **holds**"), results).read_text()      # a Reading last, no final newline
+    assert "## Reading\n\nLEAD wins because of X.\n\n## Table 1\n" in last
 
 
 def test_caveats_name_the_models_no_better_than_their_floors(tmp_path):
