@@ -46,6 +46,12 @@ def path_of(out: Path, name: str) -> str:
     return str(out / name / "final")
 
 
+def left_in_place(m: dict) -> str:
+    """The matching tables' floor row: every point left where it is (the same for every model)."""
+    floor = next(iter(m.values()))
+    return f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |"
+
+
 def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     m = r["match"]
     lines = ["## Table 1: matching (same / different identity)", "",
@@ -68,8 +74,7 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
         if key.startswith("random-"):
             lines.append(f"| untrained network | {ours['dim']} | {fmt(ours['same_iod'])} | {fmt(ours['diff_iod'])} "
                          f"| | |")
-    floor = next(iter(m.values()))
-    lines += [f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |", ""]
+    lines += [left_in_place(m), ""]
     lead, nmf = m.get(path_of(out, "s2-byol-lead64"), {}), m.get("nmf:64", {})
     claims = []
     if lead and nmf:
@@ -100,8 +105,7 @@ def table3(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
         paper = PAPER_T3[(dim, head)]
         lines.append(f"| {dim} | {head or '✗'} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
                      f"{paper[0]:.2f} | {paper[1]:.2f} |")
-    floor = next(iter(m.values()))
-    lines += [f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |", ""]
+    lines += [left_in_place(m), ""]
     claims = []
     if None not in (got.get((64, 0)), got.get((64, 256))):
         claims.append(f"Table 3, a projection head (256) improves different-identity matching over none: "
