@@ -19,6 +19,7 @@ PAPER_T6 = {("moco", "cl"): (7.86, 7.81, 7.31), ("moco", "lead"): (6.66, 6.58, 6
 STAGE1_NAME = {"byol": "BYOL (LEAD)", "moco": "MoCo (CL)"}
 # ContrastLandmark's loss on LEAD's FPN decoder (the issue's "same decoder"), and on its own 1x1 projector
 CLS = (("CL-64", "s2-moco-cl64"), ("CL-64, 1x1 projector", "s2-moco-cl64-linear"))
+LEAD = ("LEAD-64", "s2-byol-lead64")                  # the LEAD run compared with them (few-shot, scale, claims)
 
 
 def load(out: Path) -> dict:
@@ -75,7 +76,7 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
             lines.append(f"| untrained network | {ours['dim']} | {fmt(ours['same_iod'])} | {fmt(ours['diff_iod'])} "
                          f"| | |")
     lines += [left_in_place(m), ""]
-    lead, nmf = m.get(path_of(out, "s2-byol-lead64"), {}), m.get("nmf:64", {})
+    lead, nmf = m.get(path_of(out, LEAD[1]), {}), m.get("nmf:64", {})
     claims = []
     if lead and nmf:
         claims.append(f"Table 1, LEAD-64 matches better than NMF-64 of the same hypercolumn (same and different "
@@ -176,7 +177,7 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
              "100.", "",
              "| method | " + " | ".join(str(n) for n in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
     claims = []
-    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64")):
+    for name, run in (*CLS, LEAD):
         got = rows.get(path_of(out, run), {})
         paper = dict(zip((1, 5, 10, 20, 50, 100), PAPER_T5[name.split("-")[0]]))
         cells = [f"{got[n][0]:.1f} ± {got[n][1]:.1f}" + (f" ({paper[n]})" if n in paper else "") if n in got
@@ -185,7 +186,7 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
     floor = {s["num_train"]: s["mean_shape"] for s in r["fewshot"]}
     lines.append("| mean shape (no features) | " + " | ".join(fmt(floor.get(n)) for n in sizes) + " |")
     lines += ["", "Picture: `fewshot.png` (regress.py's curve, with the mean shape's error)."]
-    lead = rows.get(path_of(out, "s2-byol-lead64"), {})
+    lead = rows.get(path_of(out, LEAD[1]), {})
     for cl_name, run in CLS:
         cl = rows.get(path_of(out, run), {})
         both = [n for n in sizes if n in lead and n in cl]
@@ -200,7 +201,7 @@ def scale_table(out: Path, r: dict) -> tuple[list[str], list[str]]:
     lines = ["## Fig. 9: sensitivity to scale (unaligned regression, trained at zoom-out 1-1.5)", "",
              "| method | test at 1-1.5 (seen) | test at 1.5-2 (unseen) | increase |", "| --- | --- | --- | --- |"]
     got = {}
-    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64")):
+    for name, run in (*CLS, LEAD):
         seen = r["scale"]["seen"].get(path_of(out, run), {}).get("mean")
         unseen = r["scale"]["unseen"].get(path_of(out, run), {}).get("mean")
         got[name] = (seen, unseen)
@@ -210,12 +211,12 @@ def scale_table(out: Path, r: dict) -> tuple[list[str], list[str]]:
     lines.append(f"| mean shape (no features) | {fmt(seen, 2)} | {fmt(unseen, 2)} | |")
     claims = []
     drawn = {name: v for name, v in got.items() if None not in v}
-    if "LEAD-64" in drawn and len(drawn) > 1:
+    if LEAD[0] in drawn and len(drawn) > 1:
         scale_picture(drawn, out / "scale.png")
         lines += ["", "Picture: `scale.png`."]
     for cl_name, _ in CLS:
-        if "LEAD-64" in drawn and cl_name in drawn:
-            (ls, lu), (cs, cu) = drawn["LEAD-64"], drawn[cl_name]
+        if LEAD[0] in drawn and cl_name in drawn:
+            (ls, lu), (cs, cu) = drawn[LEAD[0]], drawn[cl_name]
             claims.append(f"Fig. 9, LEAD-64 is better than {cl_name} at seen and unseen scales: "
                           f"{verdict(ls < cs and lu < cu)}; and less sensitive to unseen scales: "
                           f"{verdict(lu - ls < cu - cs)}.")
@@ -268,7 +269,7 @@ def caveats(out: Path, r: dict) -> list[str]:
     """Where a claim's evidence is void: a model no better than its floor (points left in place, the mean shape),
     or a stage 1 that matches across identities worse than an untrained network."""
     found = []
-    for name, run in (*CLS, ("LEAD-64", "s2-byol-lead64"), ("the BYOL hypercolumn", "s1-byol")):
+    for name, run in (*CLS, LEAD, ("the BYOL hypercolumn", "s1-byol")):
         m, reg = r["match"].get(path_of(out, run)), r["regress"].get(path_of(out, run))
         if m and m["same_iod"] > 0.97 * m["same_floor_iod"]:
             found.append(f"{name} matches the same identity no better than leaving the points in place "

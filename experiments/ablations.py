@@ -36,7 +36,7 @@ import dense_distill  # noqa: E402
 import match  # noqa: E402
 import parts  # noqa: E402
 import regress  # noqa: E402
-from ablation_report import publish, write_report  # noqa: E402
+from ablation_report import CLS, LEAD, path_of, publish, write_report  # noqa: E402
 from common.cli import run  # noqa: E402
 
 logger = logging.getLogger("lead")
@@ -139,7 +139,7 @@ def evaluate_all(args, flags: dict, out: Path, models: dict, times: dict) -> Non
          + common, times)
     step(regress, out / "regress", "results.json", flags["data"] + flags["reg"] + ["--features_from", *sources]
          + common, times)
-    pair = [str(models[n] / "final") for n in ("byol-lead64", "moco-cl64", "moco-cl64-linear")]   # LEAD vs. CL
+    pair = [path_of(out, run) for _, run in (LEAD, *CLS)]                     # LEAD vs. ContrastLandmark
     step(regress, out / "fewshot", "results.json", flags["data"] + flags["reg"] + flags["few"]
          + ["--features_from", *pair], times)
     for name, zoom in (("seen", "1,1.5"), ("unseen", "1.5,2")):
