@@ -29,11 +29,11 @@ from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_lo
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
-from common.probe import probe_all, probe_line, probe_table
+from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
 from common.training import (LARS, FiniteGuard, Reporter, check_batch, check_resume_args, ema_momentum, ema_update,
                              eval_mode, freeze_batchnorm, lars_groups, load_checkpoint, local_batch,
-                             make_accelerator, prepare_output, run_args, save_args, save_checkpoint, save_final,
-                             warmup_cosine)
+                             make_accelerator, prepare_output, publish_final, run_args, save_args, save_checkpoint,
+                             save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
@@ -234,25 +234,30 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
 
 
 def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
-    """Matching on the synthetic validation split: trained vs. the same network untrained (measured
-    once into `baseline`, since it does not change during training)."""
+    """Matching on labelled validation faces (common.probe.probe_data says which): trained vs. the same network
+    untrained (measured once into `baseline`, since it does not change during training). {} when off or failed."""
     if not args.probe_pairs or not accelerator.is_main_process:
         return {}
+    return guarded(_probe, args, accelerator, encoder, baseline) or {}
+
+
+def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
+    cache, what = probe_data(args)
     nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
         nets["random"] = new_encoder(args).eval().to(accelerator.device)
     with eval_mode(encoder):
         out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
-                         for name, net in nets.items()}, load_tensors(args, "val"), args.crop_size,
-                        args.probe_pairs, args.seed)
+                         for name, net in nets.items()}, cache, args.crop_size, args.probe_pairs, args.seed)
     baseline.update({k: v for k, v in out.items() if k == "random"})
+    baseline["data"] = what
     out = {**out, "random": baseline["random"]}
-    logger.info(probe_line(out))
+    logger.info("%s, on %s", probe_line(out), what)
     return out
 
 
-def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
+def model_card(args, out: Path, probe_result: dict, steps: int, probe_on: str | None = None) -> str:
     ref = model_ref(args, out)
     return hub_card(
         f"LEAD stage 1: {args.objective} {args.arch}",
@@ -261,7 +266,7 @@ def model_card(args, out: Path, probe_result: dict, steps: int) -> str:
         "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
         [data_line(args, "pretrain"), f"steps: {steps}, global batch {args.batch_size}, views "
          f"{args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256, seed {args.seed}"],
-        probe_table(probe_result),
+        probe_table(probe_result, probe_on),
         f'from common.models import ResNetEncoder\nencoder = ResNetEncoder.from_pretrained("{ref}")\n'
         "dense = encoder.hypercolumn(images)   # images [B, 3, H, W] in [0, 1] -> [B, C, H/4, W/4]",
         f"python match.py --model {ref} --ref a.jpg --query b.jpg --out match.png\n"
@@ -314,7 +319,8 @@ def main(args) -> dict:
                               "pairs_per_s": seen / (time.perf_counter() - t0), "elapsed_s": time.perf_counter() - t0,
                               "world_size": accelerator.num_processes})
         if every and step % every == 0 and step < total:
-            report.log(step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)})
+            report.log(step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline),
+                              "probe_data": baseline.get("data")})
             accelerator.wait_for_everyone()
         if step % args.checkpoint_every == 0 or step == stop:
             guard.check(accelerator, out)
@@ -324,11 +330,13 @@ def main(args) -> dict:
         logger.info("stopped after step %d of %d; continue with --resume", step, total)
         return {"step": step}
     encoder = accelerator.unwrap_model(model).encoder
+    save_final(accelerator, out, encoder, model_card(args, out, {}, step))    # the weights before the probe
     result = probe(args, accelerator, encoder, baseline)
     if result:
-        report.log(step, {"probe": result})
+        report.log(step, {"probe": result, "probe_data": baseline["data"]})
     report.close()
-    save_final(accelerator, out, encoder, model_card(args, out, result, step), args, "LEAD stage 1 (BYOL)")
+    publish_final(accelerator, out, model_card(args, out, result, step, baseline.get("data")), args,
+                  "LEAD stage 1 (BYOL)")
     return {"step": step, "probe": result}
 
 

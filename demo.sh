@@ -2,19 +2,37 @@
 # The whole pipeline on the embedded synthetic faces, at CPU size:
 #   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
+# or, with --real DIR, on real photographs (DIR holds MTFL as shipped in mtfl/ and, when present, CelebA at any
+# resolution in celeba_half/ and AFW with its 68-point .pts in afw/):
+#   stage 1 + 2 on the unlabelled MTFL training photos (+ celeba_half) -> regression on MTFL's training faces,
+#   tested on its 2,995 AFLW faces (AFLW_M), and the few-shot curve -> matching on AFLW (5 points) and AFW
+#   (68 points) -> report.md with the floors and the paper's AFLW_M row
 #
-#   bash demo.sh            # installs into .venv (once), then the demo: runs/demo/report.md (~15 min on 2 cores)
-#   bash demo.sh --quick    # the same steps with tiny sizes (~2 min): what CI runs
+#   bash demo.sh                 # installs into .venv (once), then the demo: runs/demo/report.md (~15 min on 2 cores)
+#   bash demo.sh --quick         # the same steps with tiny sizes (~2 min): what CI runs
+#   bash demo.sh --real DIR      # real faces: runs/demo_real/report.md (--quick: tiny sizes)
 #
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
 # Running it again reuses the cached data and skips finished stages; a stage that was interrupted is continued
 # with --resume (started again when it stopped before its first checkpoint).
-# DEMO_OUT=folder puts the runs elsewhere (default runs/demo, runs/demo_quick with --quick).
+# DEMO_OUT=folder puts the runs elsewhere (default runs/demo, runs/demo_real; runs/demo_quick with --quick).
 set -euo pipefail
 cd "$(dirname "$0")"
 QUICK=0
-if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
-if [ $# -gt 0 ]; then echo "usage: bash demo.sh [--quick]" >&2; exit 2; fi
+REAL=""
+usage() { echo "usage: bash demo.sh [--quick] [--real DIR]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1; shift ;;
+        --real) [ $# -ge 2 ] || usage; REAL=$2; shift 2 ;;
+        *) usage ;;
+    esac
+done
+if [ -n "$REAL" ] && [ ! -f "$REAL/mtfl/training.txt" ]; then
+    echo "error: --real $REAL: $REAL/mtfl/training.txt not found (DIR holds MTFL as shipped in mtfl/, and" \
+         "optionally celeba_half/ and afw/)" >&2
+    exit 2
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # install once per version of requirements.txt (pip's check of an installed environment alone takes ~6 s)
@@ -26,6 +44,12 @@ PY=.venv/bin/python
 LAUNCH=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
 
+if [ -n "$REAL" ]; then
+    # the real-face recipe: experiments/real_faces.md says how it was chosen
+    MTFL=(--dataset mtfl --data_dir "$REAL/mtfl")
+    PRE=("${MTFL[@]}")
+    if [ -d "$REAL/celeba_half" ]; then PRE+=(--add_data "imagefolder:$REAL/celeba_half"); fi
+fi
 if [ "$QUICK" = 1 ]; then
     OUT=${DEMO_OUT:-runs/demo_quick}
     DATA=(--image_size 64 --num_images 96)
@@ -34,6 +58,15 @@ if [ "$QUICK" = 1 ]; then
     REG=(--resize 44 --crop 32 --epochs 1 --min_steps 10 --eval_every 5 --intermediate 4 --fit_rows 1024)
     FEW=(--num_train 5 20 --seeds 2)
     MATCH=(--pairs 16 --size 32 --fit_rows 1024)
+    if [ -n "$REAL" ]; then OUT=${DEMO_OUT:-runs/demo_real_quick}; DATA=(--image_size 48 --num_images 48); fi
+elif [ -n "$REAL" ]; then
+    OUT=${DEMO_OUT:-runs/demo_real}
+    DATA=(--image_size 128)
+    S1=(--crop_size 64 --batch_size 64 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
+    S2=(--crop_size 64 --batch_size 32 --max_steps 150 --checkpoint_every 50)
+    REG=(--resize 90 --crop 64 --epochs 2 --min_steps 300 --eval_every 100)
+    FEW=(--num_train 5 20 100 --seeds 2)
+    MATCH=(--pairs 300 --size 64)
 else
     OUT=${DEMO_OUT:-runs/demo}
     DATA=(--dataset synthetic)
@@ -63,19 +96,46 @@ run_stage() {
     printf '%s\t%s\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
 }
 
+# stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe,
+# experiments/cross_identity.md, section 9); stage 2: LEAD distillation beside DVE's cross-identity term (weight 4)
+# on part of the channels, encoder from layer 1 on (section 10)
+S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1
+     --flip 0)
+S2+=(--warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 --objective lead+dve --dve_channels 32 --dve_weight 4
+     --unfreeze_encoder --keep_frozen 1)
+if [ -n "$REAL" ]; then
+    run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${PRE[@]}" "${DATA[@]}" "${S1[@]}"
+    run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${PRE[@]}" "${DATA[@]}" "${S2[@]}" \
+        --init_from "$OUT/byol/final"
+    # regression on MTFL's training faces, tested on the 2,995 AFLW faces; the untrained network beside
+    run_stage regress results.json "${LAUNCH[@]}" regress.py "${MTFL[@]}" "${DATA[@]}" "${REG[@]}" \
+        --features_from "$OUT/distill/final" "$OUT/byol/final" random-resnet18
+    run_stage fewshot results.json "${LAUNCH[@]}" regress.py "${MTFL[@]}" "${DATA[@]}" "${REG[@]}" "${FEW[@]}" \
+        --features_from "$OUT/distill/final"
+    MODELS=(--model "$OUT/distill/final" "$OUT/byol/final" random-resnet18)
+    run_stage match_aflw matching.json "${LAUNCH[@]}" match.py --benchmark "${MTFL[@]}" "${DATA[@]}" "${MATCH[@]}" \
+        "${MODELS[@]}"
+    PICTURE=("${MTFL[@]}")
+    if [ -d "$REAL/afw" ]; then
+        AFW=(--dataset ptsfolder --data_dir "$REAL/afw")
+        run_stage match_afw matching.json "${LAUNCH[@]}" match.py --benchmark "${AFW[@]}" "${DATA[@]}" "${MATCH[@]}" \
+            "${MODELS[@]}"
+        PICTURE=("${AFW[@]}")
+    fi
+    # one picture: a face's points carried to another person's (under runs/, never committed: the data's own)
+    $PY match.py "${PICTURE[@]}" "${DATA[@]}" --model "$OUT/distill/final" --ref test:0 --query test:7 --out "$OUT/match.png"
+    $PY -m common.report "$OUT" --real $([ "$QUICK" = 1 ] && echo --quick)
+    exit 0
+fi
+
 t0=$SECONDS
 $PY prepare_data.py "${DATA[@]}" --preview "$OUT/samples.png"
 $PY prepare_data.py "${DATA[@]}" --variant unaligned --splits train,val,test --preview "$OUT/samples_unaligned.png"
 printf 'data\t%s\n' $((SECONDS - t0)) >> "$OUT/times.tsv"
 
-# stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe, experiments/cross_identity.md, section 9)
-run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${DATA[@]}" "${S1[@]}" --arch resnet18 \
-    --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1 --flip 0
-# stage 2: LEAD distillation beside DVE's cross-identity term (weight 4) on part of the channels, encoder from layer 1
-# on (experiments/cross_identity.md, section 10)
+run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${DATA[@]}" "${S1[@]}"
 run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${DATA[@]}" "${S2[@]}" \
-    --init_from "$OUT/byol/final" --warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 \
-    --objective lead+dve --dve_channels 32 --dve_weight 4 --unfreeze_encoder --keep_frozen 1
+    --init_from "$OUT/byol/final"
 # stage 3: regression on all labels, for the compact features, the teacher's hypercolumn, NMF and random init
 for variant in aligned unaligned; do
     run_stage "regress_$variant" results.json "${LAUNCH[@]}" regress.py "${DATA[@]}" "${REG[@]}" \

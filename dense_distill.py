@@ -32,10 +32,10 @@ from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
 from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
-from common.probe import probe_all, probe_line, probe_table
+from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
 from common.training import (FiniteGuard, Reporter, check_batch, check_resume_args, eval_mode, freeze_batchnorm,
-                             load_checkpoint, local_batch, make_accelerator, prepare_output, run_args, save_args,
-                             save_checkpoint, save_final, warmup_cosine)
+                             load_checkpoint, local_batch, make_accelerator, prepare_output, publish_final, run_args,
+                             save_args, save_checkpoint, save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -198,22 +198,29 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
     return loss.detach()
 
 
-def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> dict:
-    """Matching on the synthetic validation split: the compact features vs. the teacher's hypercolumn."""
+def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str | None]:
+    """Matching on labelled validation faces (common.probe.probe_data says which): the compact features vs. the
+    teacher's hypercolumn. ({}, None) when off or failed."""
     if not args.probe_pairs or not accelerator.is_main_process:
-        return {}
+        return {}, None
+    return guarded(_probe, args, accelerator, student, teacher) or ({}, None)
+
+
+def _probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str]:
+    cache, what = probe_data(args)
     dev = accelerator.device
     with eval_mode(student):
         name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
         out = probe_all({name: lambda x: student(x.to(dev)).float().cpu(),
                          f"hypercolumn-{teacher.hypercolumn_dim}":
                              lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
-                        load_tensors(args, "val"), args.crop_size, args.probe_pairs, args.seed)
-    logger.info(probe_line(out))
-    return out
+                        cache, args.crop_size, args.probe_pairs, args.seed)
+    logger.info("%s, on %s", probe_line(out), what)
+    return out, what
 
 
-def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetEncoder) -> str:
+def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetEncoder,
+               probe_on: str | None = None) -> str:
     ref = model_ref(args, out)
     return hub_card(
         f"LEAD stage 2: {args.feature_dim}-d dense features, {teacher.arch}",
@@ -225,7 +232,7 @@ def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetE
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
          f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
          f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, seed {args.seed}"],
-        probe_table(probe_result),
+        probe_table(probe_result, probe_on),
         f'from common.models import DenseExtractor\nmodel = DenseExtractor.from_pretrained("{ref}")\n'
         f"features = model(images)   # images [B, 3, H, W] in [0, 1] -> [B, {args.feature_dim}, H/4, W/4]",
         f"python match.py --model {ref} --ref a.jpg --query b.jpg --out match.png\n"
@@ -294,12 +301,13 @@ def main(args) -> dict:
         logger.info("stopped after step %d of %d; continue with --resume", step, total)
         return {"step": step}
     student = accelerator.unwrap_model(model).student
-    result = probe(args, accelerator, student, teacher)
+    save_final(accelerator, out, student, model_card(args, out, {}, step, teacher))   # the weights before the probe
+    result, what = probe(args, accelerator, student, teacher)
     if result:
-        report.log(step, {"probe": result})
+        report.log(step, {"probe": result, "probe_data": what})
     report.close()
-    save_final(accelerator, out, student, model_card(args, out, result, step, teacher),
-               args, "LEAD stage 2 (dense distillation)")
+    publish_final(accelerator, out, model_card(args, out, result, step, teacher, what), args,
+                  "LEAD stage 2 (dense distillation)")
     return {"step": step, "probe": result}
 
 

@@ -19,7 +19,8 @@ import json
 import logging
 from pathlib import Path
 
-DEMO_MODEL = "runs/demo/distill/final"
+DEMO_MODEL = "runs/demo/distill/final"            # the demo's, trained on synthetic faces (bash demo.sh)
+REAL_MODEL = "runs/demo_real/distill/final"       # the real-face recipe's (bash demo.sh --real DIR)
 logger = logging.getLogger("lead")
 
 
@@ -27,7 +28,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     from common.data import data_args                   # light: the data layer loads `datasets` only when used
     parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()])
     parser.add_argument("--model", nargs="+", default=None,
-                        help=f"stage-2 or stage-1 final/, Hub id, random-ARCH, pca:K, nmf:K (default {DEMO_MODEL})")
+                        help=f"stage-2 or stage-1 final/, Hub id, random-ARCH, pca:K, nmf:K (default: for photos and real "
+                             f"data sets {REAL_MODEL} when it exists, for the synthetic faces {DEMO_MODEL})")
     parser.add_argument("--hypercolumn_from", default=None, help="the stage-1 model that pca:K / nmf:K reduce")
     parser.add_argument("--size", type=int, default=None, help="shorter side fed to the model (default: its own)")
     g = parser.add_argument_group("Two images")
@@ -39,6 +41,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", default=None, help="write ref_points, query_points, scores here")
     g.add_argument("--out", default=None, help="draw the pair with the matches (PNG)")
     g.add_argument("--heatmap", type=int, default=None, help="with --out: draw point I's similarity over the query")
+    g.add_argument("--no_face_crop", action="store_true",
+                   help="match the whole frames; by default each photo in which a face is found is cropped to its "
+                        "largest face (common/detect.py), framed as the training faces, and matched at the model's size")
     g = parser.add_argument_group("Benchmark")
     g.add_argument("--benchmark", action="store_true", help="run the matching benchmark instead")
     g.add_argument("--pairs", type=int, default=500, help="pairs of each kind (same / different identity)")
@@ -54,8 +59,9 @@ def fail(message: str):
     raise DataError(message)
 
 
-def read_points(args, width: int, height: int) -> list[list[float]]:
-    """The reference points in its pixels: --ref_points, --ref_points_file, or a centred grid."""
+def read_points(args, width: int, height: int, box=None) -> list[list[float]]:
+    """The reference points in its pixels: --ref_points, --ref_points_file, or a centred grid over `box` (the face;
+    default the whole image)."""
     if args.ref_points and args.ref_points_file:
         fail("give --ref_points or --ref_points_file, not both")
     if args.ref_points:
@@ -69,8 +75,10 @@ def read_points(args, width: int, height: int) -> list[list[float]]:
         except (OSError, ValueError) as e:
             fail(f"--ref_points_file {args.ref_points_file}: cannot read a JSON list of [x, y] ({type(e).__name__})")
     else:
+        x0, y0, x1, y1 = box or (-0.5, -0.5, width - 0.5, height - 0.5)
         ticks = [(0.2 + 0.6 * i / max(args.grid - 1, 1)) for i in range(args.grid)]
-        return [[t * width - 0.5, u * height - 0.5] for u in ticks for t in ticks]
+        return [[min(max(x0 + t * (x1 - x0), -0.5), width - 0.5), min(max(y0 + u * (y1 - y0), -0.5), height - 0.5)]
+                for u in ticks for t in ticks]
     if not isinstance(points, list) or not points or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in points):
         fail("the reference points must be a non-empty list of [x, y] pairs")
@@ -103,34 +111,62 @@ def load_image(args, path: str):
         fail(f"{path}: {e}")
 
 
-def to_model(image, side: int):
-    """An RGB image as a model input [1, 3, h, w] in [0, 1] with min(h, w) = side, and the (x, y) scale."""
+def to_model(image, side: int, box=None):
+    """An RGB image as a model input [1, 3, h, w] in [0, 1] and the affine map (scale [2], offset [2]) that takes
+    its points to the input's: the square `box` (a face crop) resized to side x side, or without one the whole
+    image with min(h, w) = side."""
     import numpy as np
     import torch
     import torch.nn.functional as F
+    if box is not None:
+        from common.imageio import crop_resize
+        pixels, scale, offset = crop_resize(image, box, side)
+        return torch.tensor(pixels)[None].float() / 255, torch.from_numpy(scale), torch.from_numpy(offset)
     w, h = image.size
     s = side / min(w, h)
     size = (max(1, round(h * s)), max(1, round(w * s)))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return x, (size[1] / w, size[0] / h)
+    scale = torch.tensor([size[1] / w, size[0] / h])
+    return x, scale, 0.5 * scale - 0.5                           # (p + 0.5) * scale - 0.5
 
 
-def resolve_model(args) -> list[str]:
+def face_boxes(args, images: dict) -> dict:
+    """Each photo's face crop (common.detect.face_box), or None: with --no_face_crop, for a data set's row (a face
+    cropped already), or where no face is found (the whole frame is then matched, and the log says so)."""
+    if args.no_face_crop:
+        return {k: None for k in images}
+    from common.detect import face_box
+    boxes = {k: None if labelled else face_box(image) for k, (image, labelled) in images.items()}
+    for k, box in boxes.items():
+        if box is None and not images[k][1]:
+            logger.info("--%s: no face found, the whole frame is matched", k)
+    return boxes
+
+
+def resolve_model(args, real: bool) -> list[str]:
+    """--model, else the demo's model for the data at hand: the real-face recipe's for photos and real data sets
+    (`real`), the synthetic demo's for synthetic faces, the other one when that one has not been trained."""
     if args.model:
         return args.model
-    if not (Path(DEMO_MODEL) / "config.json").is_file():
-        fail(f"no --model given, and the demo's model {DEMO_MODEL} does not exist: run `bash demo.sh` first, "
-             "or pass --model (a stage-2 or stage-1 final/ folder or a Hub id)")
-    return [DEMO_MODEL]
+    order = [REAL_MODEL, DEMO_MODEL] if real else [DEMO_MODEL, REAL_MODEL]
+    found = [m for m in order if (Path(m) / "config.json").is_file()]
+    if not found:
+        fail(f"no --model given, and neither demo model ({DEMO_MODEL}, {REAL_MODEL}) exists: run `bash demo.sh` "
+             "(or `bash demo.sh --real DIR`) first, or pass --model (a stage-2 or stage-1 final/ folder or a Hub id)")
+    if found[0] != order[0]:
+        logger.info("--model: %s (%s has not been trained)", found[0], order[0])
+    return found[:1]
 
 
 def match_two(args) -> dict:
     """The two-image command; returns (and writes with --json) the points in each image's own pixels."""
     import time
-    spec = resolve_model(args)[0]
-    (ref, landmarks), (query, _) = load_image(args, args.ref), load_image(args, args.query)
-    points = landmarks if landmarks and not (args.ref_points or args.ref_points_file) else read_points(args, *ref.size)
+    (ref, landmarks), (query, query_lm) = load_image(args, args.ref), load_image(args, args.query)
+    spec = resolve_model(args, real=args.dataset != "synthetic" or landmarks is None or query_lm is None)[0]
+    boxes = face_boxes(args, {"ref": (ref, landmarks is not None), "query": (query, query_lm is not None)})
+    points = landmarks if landmarks and not (args.ref_points or args.ref_points_file) else \
+        read_points(args, *ref.size, boxes["ref"])
     if args.heatmap is not None and not 0 <= args.heatmap < len(points):
         fail(f"--heatmap {args.heatmap}: there are {len(points)} points (0-{len(points) - 1})")
     import torch
@@ -140,27 +176,42 @@ def match_two(args) -> dict:
     source = load_source(spec)
     t0 = time.perf_counter()
     side = args.size or source.input_size
-    (xr, sr), (xq, sq) = to_model(ref, side), to_model(query, side)
-    pts = torch.tensor(points, dtype=torch.float32)
-    ref_model = (pts + 0.5) * torch.tensor(sr) - 0.5
+    (xr, sr, orr), (xq, sq, oq) = to_model(ref, side, boxes["ref"]), to_model(query, side, boxes["query"])
+    ref_model = torch.tensor(points, dtype=torch.float32) * sr + orr
     from common.metrics import match
     with torch.no_grad():
         fr, fq = source(xr), source(xq)
     q_model, scores = match(fr, fq, ref_model[None], xr.shape[-2:], query_size=xq.shape[-2:])
-    q_pts = (q_model[0] + 0.5) / torch.tensor(sq) - 0.5
+    q_pts = (q_model[0] - oq) / sq
     result = {"model": spec, "input_size": side, "ref": args.ref, "query": args.query, "ref_points": points,
-              "query_points": q_pts.tolist(), "scores": scores[0].tolist()}
+              "query_points": q_pts.tolist(), "scores": scores[0].tolist(), "ref_face": boxes["ref"],
+              "query_face": boxes["query"]}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     result["seconds_model_to_json"] = time.perf_counter() - t0
     if args.out:
         t1 = time.perf_counter()
-        heat = heatmap(fr, fq, ref_model[args.heatmap], xr.shape[-2:], xq.shape[-2:]) \
-            if args.heatmap is not None else None
+        heat = None
+        if args.heatmap is not None:
+            heat = in_image(heatmap(fr, fq, ref_model[args.heatmap], xr.shape[-2:], xq.shape[-2:]), sq, oq, query.size)
         from common.viz import match_picture
-        match_picture(ref, query, points, result["query_points"], heat, args.heatmap).save(args.out)
+        match_picture(ref, query, points, result["query_points"], heat, args.heatmap,
+                      boxes=(boxes["ref"], boxes["query"])).save(args.out)
         result["seconds_picture"] = time.perf_counter() - t1
     return result
+
+
+def in_image(heat, scale, offset, size):
+    """A map over the model's input [h, w] laid over the image of `size` (w, h) through the input's affine map;
+    0 where the input does not reach (outside a face crop)."""
+    import torch
+    import torch.nn.functional as F
+    w, h = size
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    at = torch.stack([xs, ys], -1) * scale + offset                   # image pixel -> model pixel
+    grid = (2 * at + 1) / torch.tensor([heat.shape[1], heat.shape[0]]) - 1
+    return F.grid_sample(heat[None, None], grid[None], mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0, 0]
 
 
 def heatmap(fr, fq, point, ref_hw, query_hw):
@@ -179,7 +230,7 @@ def benchmark(args) -> dict:
     from common.data import load_tensors
     from common.features import check_source, load_model, load_source
     from common.probe import probe_all
-    specs = resolve_model(args)
+    specs = resolve_model(args, real=args.dataset != "synthetic")
     reduced = [check_source(spec, args.hypercolumn_from) in ("pca", "nmf") for spec in specs]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sources = {spec: load_source(spec).to(device) for spec, r in zip(specs, reduced) if not r}

@@ -63,3 +63,21 @@ def open_rgb(source: str | Path | bytes, exif: bool = False) -> Image.Image:
     if exif:
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+def crop_resize(img: Image.Image, box, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop `box` (x0, y0, x1, y1; pixel-centre coordinates, edges; may leave the image: zero
+    padding, as DVE does) and resize to size x size with antialiasing. Returns the uint8 array
+    [3, S, S] and the affine map (scale [2], offset [2]) that takes image points to cache points."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    # PIL's boxes use pixel edges (the image spans [0, W]); ours use centres (it spans [-0.5, W - 0.5])
+    ex0, ey0, ex1, ey1 = x0 + 0.5, y0 + 0.5, x1 + 0.5, y1 + 0.5
+    ix0, iy0 = int(np.floor(ex0)), int(np.floor(ey0))
+    ix1, iy1 = int(np.ceil(ex1)), int(np.ceil(ey1))
+    region = img.crop((ix0, iy0, ix1, iy1))  # zero-pads outside the image
+    out = region.resize((size, size), Image.BILINEAR, box=(ex0 - ix0, ey0 - iy0, ex1 - ix0, ey1 - iy0),
+                        reducing_gap=None)
+    scale = np.array([size / (x1 - x0), size / (y1 - y0)], np.float32)
+    # x_cache + 0.5 = (x + 0.5 - ex0) * scale  (edges map to edges)
+    offset = (0.5 - np.array([ex0, ey0], np.float32)) * scale - 0.5
+    return np.asarray(out, np.uint8).transpose(2, 0, 1), scale, offset

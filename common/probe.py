@@ -31,6 +31,13 @@ def _summary(err: torch.Tensor, floor: torch.Tensor, iod: torch.Tensor, name: st
             f"{name}_floor_px": floor.mean().item(), f"{name}_floor_iod": rel_floor.mean().item()}
 
 
+def other_faces(identity: np.ndarray, i: int) -> np.ndarray:
+    """Indices of the faces of another identity than face i; an unknown identity (-1: MTFL, AFLW, AFW, whose
+    annotations name no person) makes any other image count as another identity."""
+    unknown = (identity < 0) | (identity[i] < 0)
+    return np.flatnonzero(((identity != identity[i]) | unknown) & (np.arange(len(identity)) != i))
+
+
 @torch.no_grad()
 def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, batch: int = 25) -> dict[str, float]:
     """Same- and different-identity matching of `extract` (images [N, 3, s, s] in [0, 1] ->
@@ -40,7 +47,7 @@ def matching_probe(extract, cache, size: int, pairs: int = 100, seed: int = 0, b
     n = len(cache)
     ident = np.asarray(cache.identity)
     a = rng.choice(n, size=pairs, replace=pairs > n)
-    b = np.array([rng.choice(np.flatnonzero(ident != ident[i])) for i in a])
+    b = np.array([rng.choice(other_faces(ident, i)) for i in a])
     out: dict[str, list] = {"same": [], "same_floor": [], "diff": [], "diff_floor": [], "iod_a": [], "iod_b": []}
     for s in range(0, pairs, batch):
         img_a, lm_a = resized(cache, a[s:s + batch], size)
@@ -76,6 +83,37 @@ def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str,
             "photo_floor_px": (points - truth).norm(dim=-1).mean().item()}
 
 
+def probe_data(args):
+    """The labelled faces a training run's matching probe uses, and a line that says which: the run's own
+    validation split when it has landmarks (and two faces or more), else the synthetic validation faces at the
+    same --image_size (an image folder, or any source without landmarks)."""
+    import argparse
+
+    from .data import load_tensors
+    if args.dataset != "imagefolder":               # an image folder has no landmarks: not read a second time
+        cache = load_tensors(args, "val")
+        if cache.landmarks.shape[1] and len(cache) >= 2:
+            known = bool((np.asarray(cache.identity) >= 0).any())
+            return cache, (f"--dataset {args.dataset}, val split, {len(cache)} faces"
+                           + ("" if known else "; identities unknown: two images count as two identities"))
+    synthetic = argparse.Namespace(**{**vars(args), "dataset": "synthetic", "data_dir": None, "num_images": None})
+    cache = load_tensors(synthetic, "val")
+    return cache, (f"the synthetic val split ({len(cache)} faces, {synthetic.variant}), because --dataset "
+                   f"{args.dataset} has no landmarks")
+
+
+def guarded(probe, *args, **kwargs):
+    """probe(*args, **kwargs), or None with a warning when it fails: a probe is a diagnostic, and never costs a
+    training run its weights or its end."""
+    import logging
+    try:
+        return probe(*args, **kwargs)
+    except Exception as e:
+        logging.getLogger("lead").warning("matching probe failed, skipped (%s: %s)", type(e).__name__,
+                                          str(e).splitlines()[0][:200] if str(e) else "")
+        return None
+
+
 def probe_all(extractors: dict, cache, size: int, pairs: int, seed: int = 0) -> dict[str, dict[str, float]]:
     """matching_probe and photo_probe for each named extractor (images in [0, 1] -> feature maps)."""
     return {name: {**matching_probe(f, cache, size, pairs=pairs, seed=seed),
@@ -95,11 +133,11 @@ def probe_line(results: dict[str, dict[str, float]]) -> str:
             f"astronaut photo {col('photo_px', 'photo_floor_px', '%.2f')} px")
 
 
-def probe_table(probe_result: dict) -> list[str]:
-    """The matching probe as a markdown table, with the floor of leaving points in place."""
+def probe_table(probe_result: dict, data: str | None = None) -> list[str]:
+    """The matching probe as a markdown table, with the floor of leaving points in place; `data` says on what."""
     if not probe_result:
         return []
-    lines = ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
+    lines = ([f"Matching probe on {data}.", ""] if data else []) + ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
              "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |"
               for n, r in probe_result.items()]

@@ -1,6 +1,7 @@
 """The demo's report: OUTPUT/report.md from the files the stages wrote (nothing is trained or measured here).
 
     python -m common.report runs/demo [--quick]
+    python -m common.report runs/demo_real --real [--quick]       # bash demo.sh --real DIR
 
 Reads OUTPUT/times.tsv (stage, seconds: written by demo.sh), match/matching.json, regress_aligned/ and
 regress_unaligned/results.json, fewshot/results.json, and checks the claims the demo must show (trained features
@@ -46,11 +47,11 @@ def times_section(out: Path) -> list[str]:
     return lines + [f"| total | {sum(rows.values()):.0f} |", ""]
 
 
-def matching_section(table: dict) -> tuple[list[str], dict]:
+def matching_section(table: dict, data: str = "synthetic", paper: bool = True) -> tuple[list[str], dict]:
     rows = table["models"]
     f = rows[0]
     lines = [f"## Matching ({table['pairs']} same-identity and {table['pairs']} different-identity pairs of the "
-             f"synthetic `{table['split']}` split, at {table['size']} px)", "",
+             f"{data} `{table['split']}` split, at {table['size']} px)", "",
              "Mean error in pixels at the model's input size and in % of the inter-ocular distance (IOD); different "
              "identity also gives its median and the share of matches more than one IOD off. The astronaut column "
              "is scikit-image's real photo under the same warps (pixels).", "",
@@ -60,9 +61,10 @@ def matching_section(table: dict) -> tuple[list[str], dict]:
               f"{r['diff_iod']:.1f} | {r['diff_iod_median']:.1f} | {100 * r['diff_miss']:.0f} % | "
               f"{r['photo_px']:.2f} |" for r in rows]
     lines += [f"| points left in place | 0 | {f['same_floor_px']:.2f} | {f['same_floor_iod']:.1f} | "
-              f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | | | {f['photo_floor_px']:.2f} |", "",
-              "The paper (Table 1, MAFL, ResNet-50 at 96 px; same / different):"
-              + "".join(f" {n} {s} / {d};" for n, (s, d) in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
+              f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | | | {f['photo_floor_px']:.2f} |", ""]
+    if paper:
+        lines += ["The paper (Table 1, MAFL, ResNet-50 at 96 px; same / different):"
+                  + "".join(f" {n} {s} / {d};" for n, (s, d) in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
     return lines, {kind(r["name"]): r for r in rows}
 
 
@@ -86,12 +88,12 @@ def regression_section(results: dict[str, dict]) -> tuple[list[str], dict]:
     return lines, {c: {kind(n): s for n, s in v.items()} for c, v in by_variant.items()}
 
 
-def fewshot_section(out: Path) -> list[str]:
+def fewshot_section(out: Path, data: str = "aligned") -> list[str]:
     md = out / "fewshot" / "results.md"
     if not md.is_file():
         return []
     paper = " | ".join(f"{PAPER_FEWSHOT[k]}" for k in sorted(PAPER_FEWSHOT))
-    return ["## Few labels (aligned)", "", md.read_text().strip(), "",
+    return [f"## Few labels ({data})", "", md.read_text().strip(), "",
             f"The paper (Table 5, AFLW_M, LEAD-64, 1 / 5 / 10 / 20 / 50 / 100 labels): {paper}.", ""] + \
         (["![few-shot curve](fewshot/fewshot.png)", ""] if (out / "fewshot" / "fewshot.png").is_file() else [])
 
@@ -148,14 +150,87 @@ def report(out: Path, quick: bool = False) -> str:
     return "\n".join(lines + times_section(out))
 
 
+def machine() -> str:
+    """The machine the figures were measured on, in words: CPU model, cores, bf16 matrix units, torch."""
+    import os
+    import platform
+
+    import torch
+    model, flags = platform.processor() or platform.machine(), ""
+    if Path("/proc/cpuinfo").is_file():
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), model)
+        flags = "with AMX bf16" if "amx_bf16" in info else "without AMX"
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{model} ({os.cpu_count()} cores, {flags}){gpu}, torch {torch.__version__}"
+
+
+def goals(regression: dict, aflw: dict, afw: dict) -> list[tuple[str, bool]]:
+    """The real-face goals of the recipe (issue 21), each checked on the numbers of the report."""
+    out = []
+    lead, rand = regression.get("lead"), regression.get("random")
+    if lead and rand:
+        out.append((f"regression on AFLW: LEAD-64 {lead['mean']:.2f} at most 0.6 x the mean shape's "
+                    f"{lead['mean_shape']:.2f} ({0.6 * lead['mean_shape']:.2f})", lead["mean"] <= 0.6 * lead["mean_shape"]))
+        out.append((f"regression on AFLW: LEAD-64 {lead['mean']:.2f} at least 20 % below the untrained network's "
+                    f"{rand['mean']:.2f} ({0.8 * rand['mean']:.2f})", lead["mean"] <= 0.8 * rand["mean"]))
+    for name, match in (("AFLW", aflw), ("AFW", afw)):
+        if match.get("lead") and match.get("random"):
+            m, r = match["lead"], match["random"]
+            out.append((f"same identity ({name}): LEAD-64 {m['same_iod']:.1f} % IOD beats the untrained network's "
+                        f"{r['same_iod']:.1f}", m["same_iod"] < r["same_iod"]))
+    if afw.get("lead") and afw.get("random"):
+        m, best = afw["lead"], min(afw["random"]["diff_iod"], afw["lead"]["diff_floor_iod"])
+        out.append((f"different identity (AFW, 68 points): LEAD-64 {m['diff_iod']:.1f} % IOD at least 20 % below "
+                    f"the better of the untrained network and points left in place ({best:.1f}; bar {0.8 * best:.1f})",
+                    m["diff_iod"] <= 0.8 * best))
+    return out
+
+
+PAPER_AFLW_M = {"LEAD": 6.23, "ContrastLandmark": 6.99, "DVE": 7.53}
+
+
+def real_report(out: Path, quick: bool = False) -> str:
+    """runs/demo_real/report.md: the real-face recipe's figures, each beside its floors and the paper's."""
+    lines = ["# LEAD demo on real faces", ""]
+    if quick:
+        lines += ["**Quick run** (`bash demo.sh --real DIR --quick`): toy sizes; its numbers say nothing.", ""]
+    lines += [f"Written by `bash demo.sh --real DIR`; measured on {machine()}. Training: stages 1 and 2 on the "
+              "unlabelled MTFL training photos (and CelebA where given); regression: MTFL's training faces, "
+              "selected on its validation faces, tested on the 2,995 AFLW faces of AFLW_M; matching: the AFLW test "
+              "faces (5 points) and AFW (68 points). Every figure sits beside its floors: points left in place, "
+              "the mean shape, and the same network untrained at the same input size.", ""]
+    regression, reg_lines = {}, []
+    if (res := read(out / "regress" / "results.json")) is not None:
+        reg_lines, by = regression_section({"AFLW (% IOD)": res})
+        regression = by["AFLW (% IOD)"]
+        reg_lines[0] = "## Landmark regression on AFLW_M (all MTFL training faces, % IOD on the 2,995 test faces)"
+        reg_lines[-2] = ("The paper (Table 2, AFLW_M, ResNet-50 pretrained 200 epochs on CelebA, regressor trained on "
+                         "10,122 AFLW faces): " + ", ".join(f"{n} {v}" for n, v in PAPER_AFLW_M.items()) + ".")
+    matches, match_lines = {}, []
+    for name, what in (("aflw", "AFLW (MTFL test faces, 5 points)"), ("afw", "AFW (68 points)")):
+        if (table := read(out / f"match_{name}" / "matching.json")) is not None:
+            section, matches[name] = matching_section(table, what, paper=False)
+            match_lines += section
+    checked = goals(regression, matches.get("aflw", {}), matches.get("afw", {}))
+    if checked:
+        lines += ["## Goals", ""] + [f"- {'holds' if ok else 'DOES NOT HOLD'}: {text}" for text, ok in checked] + [""]
+    lines += reg_lines + fewshot_section(out, "AFLW test faces") + match_lines
+    if (out / "match.png").is_file():
+        lines += ["## A matching picture", "", "A face's points carried to another person's by `match.py` with the "
+                  "LEAD-64 features (`match.png`, beside this report; made from the data set, never committed).", "",
+                  "![matching](match.png)", ""]
+    return "\n".join(lines + times_section(out))
+
+
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    argv = [a for a in argv if a != "--quick"]
+    quick, real = "--quick" in argv, "--real" in argv
+    argv = [a for a in argv if a not in ("--quick", "--real")]
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m common.report RUN_FOLDER [--quick] (e.g. runs/demo)", file=sys.stderr)
+        print("usage: python -m common.report RUN_FOLDER [--quick] [--real] (e.g. runs/demo)", file=sys.stderr)
         return 2
     out = Path(argv[0])
-    (out / "report.md").write_text(report(out, quick))
+    (out / "report.md").write_text(real_report(out, quick) if real else report(out, quick))
     print(f"wrote {out / 'report.md'}")
     return 0
 

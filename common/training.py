@@ -80,11 +80,18 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     return perm[k * batch:(k + 1) * batch]
 
 
-def save_final(accelerator, out: Path, model, card: str, args, message: str) -> None:
-    """The hand-off folder OUTPUT/final/ (config.json, model.safetensors, README.md model card),
-    written by the main process, and uploaded to the Hub with --push_to_hub."""
+def save_final(accelerator, out: Path, model, card: str) -> None:
+    """The hand-off folder OUTPUT/final/ (config.json, model.safetensors, README.md model card), written by the
+    main process as soon as training ends, before any probe or upload can fail."""
     if accelerator.is_main_process:
         model.save_pretrained(out / "final")
+        (out / "final" / "README.md").write_text(card)
+    accelerator.wait_for_everyone()
+
+
+def publish_final(accelerator, out: Path, card: str, args, message: str) -> None:
+    """The final model card (with the probe's figures), and the upload of final/ with --push_to_hub."""
+    if accelerator.is_main_process:
         (out / "final" / "README.md").write_text(card)
         if args.push_to_hub:
             push_to_hub(out / "final", args.hub_model_id, args.hub_private, message)
@@ -149,12 +156,13 @@ FREE_ON_RESUME = {"resume", "overwrite", "exit_after_steps", "log_every", "check
 def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME) -> None:
     """--resume continues the run of `out` with its own settings: another value of a flag that changes the
     result (a model from another architecture, other data, another schedule) is a one-line error, before
-    anything is loaded or written."""
+    anything is loaded or written. A flag added to the scripts since that run began may keep its off value."""
     if not (out / "args.json").is_file():
         raise DataError(f"{out}: nothing to resume (no args.json)")
     before = json.loads((out / "args.json").read_text())
     now = json.loads(json.dumps(vars(args), default=str))
-    changed = sorted(k for k in (now.keys() | before.keys()) - free if before.get(k) != now.get(k))
+    added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "")}   # new flags, left off
+    changed = sorted(k for k in (now.keys() | before.keys()) - free - added if before.get(k) != now.get(k))
     if changed:
         raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
                         "--output_dir, or --overwrite")

@@ -50,10 +50,10 @@ def landmark_grid(images: np.ndarray, landmarks=None, visible=None, cols: int = 
 
 
 def match_picture(ref: Image.Image, query: Image.Image, ref_points, query_points, heat=None, heat_index=None,
-                  height: int = 256) -> Image.Image:
+                  height: int = 256, boxes=(None, None)) -> Image.Image:
     """Both images side by side at `height` px, matched points numbered in the same colour and joined by lines;
-    with `heat` (similarity [h, w] over the query at the model's resolution) the query is tinted by it, and
-    point `heat_index` alone is drawn (as the paper's Fig. 3)."""
+    with `heat` (similarity [h, w] over the query image) the query is tinted by it, and point `heat_index` alone
+    is drawn (as the paper's Fig. 3); `boxes`: each image's face crop (x0, y0, x1, y1) or None, outlined."""
     sr, sq = height / ref.height, height / query.height
     left = ref.resize((max(1, round(ref.width * sr)), height), Image.BICUBIC)
     right = query.resize((max(1, round(query.width * sq)), height), Image.BICUBIC)
@@ -67,6 +67,10 @@ def match_picture(ref: Image.Image, query: Image.Image, ref_points, query_points
     out.paste(left, (0, 0))
     out.paste(right, (left.width, 0))
     draw = ImageDraw.Draw(out)
+    for box, scale, left_edge in zip(boxes, (sr, sq), (0, left.width)):
+        if box is not None:                        # edges in pixel-centre coordinates: +0.5 gives PIL's
+            x0, y0, x1, y1 = ((v + 0.5) * scale for v in box)
+            draw.rectangle((x0 + left_edge, y0, x1 + left_edge, y1), outline=(255, 255, 255), width=1)
     idx = range(len(ref_points)) if heat_index is None else [heat_index]
     colours = palette(len(ref_points))
     for i in idx:

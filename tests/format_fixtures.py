@@ -164,3 +164,52 @@ def write_cub(root: Path):
     write_text(root / "bounding_boxes.txt", "\n".join(boxes) + "\n")
     write_text(root / "parts" / "part_locs.txt", "\n".join(parts) + "\n")
     write_text(root / "classes.txt", "".join(f"{c} {c:03d}.Class\n" for c in range(1, 201)))
+
+
+# MTFL as shipped: training.txt (lines led by a space but the first, backslash paths into lfw_5590\ and
+# net_7876\) and testing.txt (AFLW\ paths) with x1..x5 y1..y5 (1-based) then gender smile glasses pose.
+# Training face t (0..9): 1-based eyes (40 + t, 50), (60 + t, 50), nose (50 + t, 65), mouth (42 + t, 80),
+# (58 + t, 80): inter-ocular 20, eye-to-mouth 30. Test face u (0..2): eyes (45, 60 + u), (105, 60 + u), nose
+# (75, 80), mouth (55, 110), (95, 110). Training images 250x250 (LFW) or 160x200 (web), tests 150x150.
+def mtfl_training_points(t: int) -> list[tuple[float, float]]:
+    return [(40 + t, 50), (60 + t, 50), (50 + t, 65), (42 + t, 80), (58 + t, 80)]
+
+
+def mtfl_test_points(u: int) -> list[tuple[float, float]]:
+    return [(45, 60 + u), (105, 60 + u), (75, 80), (55, 110), (95, 110)]
+
+
+def _mtfl_line(path: str, points, attributes: str) -> str:
+    xs, ys = " ".join(f"{x:f}" for x, _ in points), " ".join(f"{y:f}" for _, y in points)
+    return f"{path} {xs} {ys} {attributes}"
+
+
+def write_mtfl(root: Path, n_train: int = 10):
+    lines = []
+    for t in range(n_train):
+        sub, size = ("lfw_5590", (250, 250)) if t % 2 == 0 else ("net_7876", (160, 200))
+        name = f"Person_{t:04d}_0001.jpg" if t % 2 == 0 else f"{t:02d}_{1000 + t}.jpg"
+        solid(root / sub / name, size, (20 * t, 60, 100))
+        lines.append(("" if t == 0 else " ") + _mtfl_line(f"{sub}\\{name}", mtfl_training_points(t), "1 2 2 3"))
+    write_text(root / "training.txt", "\n".join(lines) + "\n")
+    tests = []
+    for u in range(3):
+        name = f"{u + 1:04d}-image{20056 + u}.jpg"
+        solid(root / "AFLW" / name, (150, 150), (90, 20 * u, 40))
+        tests.append(("" if u == 0 else " ") + _mtfl_line(f"AFLW\\{name}", mtfl_test_points(u), "2 1 2 4"))
+    write_text(root / "testing.txt", "\n".join(tests) + "\n")
+    write_text(root / "readme.txt", "Multi-Task Facial Landmark (MTFL) dataset v1.0\n")
+
+
+# A .pts folder as AFW ships with the 300-W markup: face k (0..3) of photo `1000_{k}` has 1-based points
+# x_i = 30 + i / 2 + k, y_i = 40 + (i % 17) * 2 (i = 0..67); images 160x140, face 2 a .png; a stray .txt beside.
+def pts_folder_points(k: int) -> list[tuple[float, float]]:
+    return [(30 + i / 2 + k, 40 + (i % 17) * 2) for i in range(68)]
+
+
+def write_pts_folder(root: Path, count: int = 4):
+    for k in range(count):
+        image = root / f"1000_{k + 1}{'.png' if k == 2 else '.jpg'}"
+        solid(image, (160, 140), (30, 40 * k, 90))
+        write_text(image.with_suffix(".pts"), pts_text(pts_folder_points(k)))
+    write_text(root / "notes.txt", "not an annotation\n")

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from common.data import DataError
-from common.data.cache import TensorCache, build_from_dataset, crop_resize
+from common.data.cache import TensorCache, build_from_dataset
+from common.imageio import crop_resize
 from common.data.images import features, records_to_dataset
 
 

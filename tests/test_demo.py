@@ -65,3 +65,40 @@ def test_quick_demo_writes_the_report_then_reuses_and_resumes(tmp_path):
     shutil.rmtree(out / "distill" / "checkpoints")
     assert "== distill --overwrite" in demo(tmp_path)
     assert (out / "distill" / "final" / "model.safetensors").is_file()
+
+
+def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
+    """`bash demo.sh --real DIR --quick` on small copies of MTFL, an image folder and AFW in their exact layouts
+    (textured images): every stage runs, report.md has the goals, both matching tables and the paper's AFLW_M row."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.format_fixtures import write_mtfl, write_pts_folder
+    data = tmp_path / "data"
+    write_mtfl(data / "mtfl", n_train=60)
+    write_pts_folder(data / "afw", count=10)
+    rng = np.random.default_rng(0)
+    for path in [*(data / "mtfl").rglob("*.jpg"), *(data / "afw").rglob("*.jpg"), *(data / "afw").rglob("*.png")]:
+        size = Image.open(path).size
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    (data / "celeba_half").mkdir()
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (109, 89, 3), dtype=np.uint8)).save(data / "celeba_half" / f"{i:06d}.jpg")
+    env = {**os.environ, "DEMO_OUT": str(tmp_path / "demo"), "LEAD_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run(["bash", "demo.sh", "--real", str(data), "--quick"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    out = tmp_path / "demo"
+    report = (out / "report.md").read_text()
+    for section in ("## Goals", "## Landmark regression on AFLW_M", "## Few labels (AFLW test faces)",
+                    "AFLW (MTFL test faces, 5 points)", "AFW (68 points)", "## A matching picture", "## Wall time"):
+        assert section in report, section
+    assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report
+    goals = report.split("## Goals")[1].split("##")[0]
+    assert goals.count("- holds: ") + goals.count("- DOES NOT HOLD: ") == 5
+    assert not re.search(r"\b(nan|inf)\b", report, re.I) and (out / "match.png").stat().st_size > 1000
+    args = json.loads((out / "byol" / "args.json").read_text())
+    assert args["dataset"] == "mtfl" and args["add_data"] == [f"imagefolder:{data / 'celeba_half'}"]
+    bad = subprocess.run(["bash", "demo.sh", "--real", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "nowhere/mtfl/training.txt not found" in bad.stderr

@@ -171,3 +171,46 @@ def test_a_dataset_row_brings_its_landmarks(cache_dir, tmp_path, models):
     assert np.abs(np.array(out["query_points"]) - truth).max() <= 1.0 + 1e-4        # the same image: one pixel
     with pytest.raises(DataError, match="has 4 images"):
         run("--model", models / "s2", "--ref", "test:9", "--query", "test:1", *flags)
+
+
+def photos(tmp_path):
+    """A portrait (scikit-image's astronaut, 512 px) and a press photo: a 1600x900 noisy frame with the same
+    portrait at 0.75x near its right edge. Returns both paths and the map of portrait points into the press photo."""
+    from skimage.data import astronaut
+    portrait = Image.fromarray(astronaut())
+    portrait.save(tmp_path / "portrait.jpg", quality=95)
+    rng = np.random.default_rng(0)
+    frame = Image.fromarray(np.clip(rng.normal(110, 25, (900, 1600, 3)), 0, 255).astype(np.uint8))
+    frame.paste(portrait.resize((384, 384), Image.LANCZOS), (1150, 300))
+    frame.save(tmp_path / "press.jpg", quality=95)
+    return tmp_path / "portrait.jpg", tmp_path / "press.jpg", lambda p: (np.asarray(p) + 0.5) * 0.75 - 0.5 + [1150, 300]
+
+
+def test_whole_photos_are_matched_inside_their_faces(tmp_path):
+    portrait, press, carry = photos(tmp_path)
+    face = [[200, 100], [250, 100], [224, 140], [205, 170], [245, 170]]     # eyes, nose, mouth of the astronaut
+    argv = ["--model", "random-resnet18", "--ref", portrait, "--query", press,
+            "--ref_points", ";".join(f"{x},{y}" for x, y in face), "--json", tmp_path / "m.json"]
+    cropped = run(*argv)
+    saved = json.loads((tmp_path / "m.json").read_text())
+    x0, y0, x1, y1 = saved["query_face"]                         # the face found in the press photo, in its pixels
+    assert 1150 + 0.75 * 160 < x0 < 1150 + 0.75 * 224 < x1 and 300 + 0.75 * 40 < y0 < 300 + 0.75 * 113 < y1
+    assert saved["ref_face"] is not None
+    err = np.linalg.norm(np.array(cropped["query_points"]) - carry(face), axis=1)
+    whole = run(*argv, "--no_face_crop")                         # the whole frame: the face is a few pixels
+    err_whole = np.linalg.norm(np.array(whole["query_points"]) - carry(face), axis=1)
+    assert whole["ref_face"] is None and whole["query_face"] is None
+    assert err.mean() < 5 and err_whole.mean() > 4 * err.mean(), (err, err_whole)
+
+
+def test_the_default_grid_covers_the_face_and_a_faceless_image_is_matched_whole(tmp_path, caplog):
+    portrait, _, _ = photos(tmp_path)
+    Image.fromarray(texture(96, 128)).save(tmp_path / "texture.png")
+    with caplog.at_level("INFO"):
+        out = run("--model", "random-resnet18", "--ref", portrait, "--query", tmp_path / "texture.png",
+                  "--out", tmp_path / "m.png", "--heatmap", "3")
+    x0, y0, x1, y1 = out["ref_face"]
+    pts = np.array(out["ref_points"])
+    assert len(pts) == 25 and (pts[:, 0] > x0).all() and (pts[:, 0] < x1).all() and (pts[:, 1] > y0).all()
+    assert (pts[:, 1] < y1).all() and out["query_face"] is None and "--query: no face found" in caplog.text
+    assert Image.open(tmp_path / "m.png").size[1] == 256

@@ -6,8 +6,9 @@
 
 Every script selects data the same way: `--dataset synthetic --variant aligned|unaligned
 --zoom_out LO,HI --landmarks 5|68` (the default, generated and cached on first use), a format name
-with `--data_dir` (celeba, mafl, aflw_m, aflw_r, 300w, cub, imagefolder), a folder saved with
-`datasets`, or a Hugging Face Hub dataset id.
+with `--data_dir` (celeba, mafl, aflw_m, aflw_r, 300w, cub, mtfl, ptsfolder, imagefolder), a folder saved
+with `datasets`, or a Hugging Face Hub dataset id. Pretraining reads the union of several sources with
+`--add_data FORMAT:DIR` (repeated): `load_tensors(args, "pretrain")` concatenates their images.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # the readers, the synthetic faces and the cache import `datasets` (about a second): they load on first use, so
 # that tools which only parse these flags (match.py) start fast
 __all__ = ["DataError", "TensorCache", "data_args", "load_split", "load_tensors", "describe"]
-FORMATS = ("celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub", "imagefolder")   # readers.READERS' keys
+FORMATS = ("celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub", "mtfl", "ptsfolder", "imagefolder")   # READERS' keys
 SYNTHETIC_SPLITS = {"pretrain": 5000, "train": 1000, "val": 300, "test": 500}
 
 
@@ -83,6 +84,10 @@ def data_args() -> argparse.ArgumentParser:
                    help=f"synthetic: images in the split (defaults {SYNTHETIC_SPLITS}); other sources: keep the first N")
     g.add_argument("--data_seed", type=int, default=0, help="synthetic: which faces (same seed, same bytes)")
     g.add_argument("--data_workers", type=at_least(1), default=2, help="processes that render synthetic faces")
+    g.add_argument("--add_data", action="append", default=[], metavar="SOURCE",
+                   help="pretraining (the unlabelled `pretrain` split of stages 1 and 2) also reads SOURCE, its "
+                        "landmarks unused: FORMAT:DIR (e.g. imagefolder:photos/, mtfl:MTFL/), synthetic, or a saved "
+                        "or Hub dataset; repeat for more (default: none)")
     g.add_argument("--max_bad_frac", type=float, default=0.01,
                    help="fail the load when more than this share of images is unreadable (they are skipped and listed)")
     return parser
@@ -125,13 +130,48 @@ def describe(args, split: str) -> dict:
             "num_images": args.num_images, "version": CACHE_VERSION}
 
 
+def added_source(args, spec: str) -> argparse.Namespace:
+    """The data flags of one --add_data SOURCE (FORMAT:DIR, synthetic, or a saved or Hub dataset); --num_images
+    keeps the first N of each source."""
+    fmt, sep, folder = spec.partition(":")
+    if sep and fmt in FORMATS and folder:
+        dataset, data_dir = fmt, folder
+    elif spec in FORMATS:
+        raise DataError(f"--add_data {spec}: give its folder, as {spec}:DIR")
+    else:
+        dataset, data_dir = spec, None
+    return argparse.Namespace(**{**vars(args), "dataset": dataset, "data_dir": data_dir, "add_data": []})
+
+
+def union_tensors(args, size: int) -> TensorCache:
+    """The `pretrain` split of --dataset and of every --add_data source, one after the other, without landmarks:
+    each source's own cache (shared with runs that read it alone), copied once into a union cache."""
+    from filelock import FileLock
+
+    from . import synthetic
+    from .cache import concatenate
+    sources = [argparse.Namespace(**{**vars(args), "add_data": []})] + [added_source(args, s) for s in args.add_data]
+    parts = [load_tensors(a, "pretrain", size) for a in sources]
+    info = {"union": [describe(a, "pretrain") for a in sources], "size": size, "version": CACHE_VERSION}
+    key = hashlib.sha1(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    folder = synthetic.cache_root() / "tensors" / f"union-pretrain-{size}px-{key}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "meta.json").exists():
+            concatenate(parts, folder, {**info, "sources": [a.dataset for a in sources]})
+    from .cache import TensorCache
+    return TensorCache.load(folder)
+
+
 def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
-    """The split's uint8 tensor cache at `size` (default --image_size), built on first use."""
+    """The split's uint8 tensor cache at `size` (default --image_size), built on first use; the `pretrain` split
+    with --add_data is the union of the sources (union_tensors)."""
     from filelock import FileLock
 
     from . import synthetic
     from .cache import TensorCache, build_from_dataset
     size = size or args.image_size
+    if split == "pretrain" and getattr(args, "add_data", None):
+        return union_tensors(args, size)
     if args.dataset == "synthetic" and size == args.image_size:
         return synthetic.tensors(synthetic_spec(args, split), args.landmarks, args.data_workers)
     info = {**describe(args, split), "size": size, "landmarks": args.landmarks}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..imageio import crop_resize
 from .images import BadImage, BadLedger, open_rgb
 
 logger = logging.getLogger("lead.data")
@@ -82,24 +83,6 @@ class TensorCache:
                 "identity": torch.from_numpy(np.ascontiguousarray(self.identity[idx]))}
 
 
-def crop_resize(img: Image.Image, box, size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Crop `box` (x0, y0, x1, y1; pixel-centre coordinates, edges; may leave the image: zero
-    padding, as DVE does) and resize to size x size with antialiasing. Returns the uint8 array
-    [3, S, S] and the affine map (scale [2], offset [2]) that takes image points to cache points."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    # PIL's boxes use pixel edges (the image spans [0, W]); ours use centres (it spans [-0.5, W - 0.5])
-    ex0, ey0, ex1, ey1 = x0 + 0.5, y0 + 0.5, x1 + 0.5, y1 + 0.5
-    ix0, iy0 = int(np.floor(ex0)), int(np.floor(ey0))
-    ix1, iy1 = int(np.ceil(ex1)), int(np.ceil(ey1))
-    region = img.crop((ix0, iy0, ix1, iy1))  # zero-pads outside the image
-    out = region.resize((size, size), Image.BILINEAR, box=(ex0 - ix0, ey0 - iy0, ex1 - ix0, ey1 - iy0),
-                        reducing_gap=None)
-    scale = np.array([size / (x1 - x0), size / (y1 - y0)], np.float32)
-    # x_cache + 0.5 = (x + 0.5 - ex0) * scale  (edges map to edges)
-    offset = (0.5 - np.array([ex0, ey0], np.float32)) * scale - 0.5
-    return np.asarray(out, np.uint8).transpose(2, 0, 1), scale, offset
-
-
 def build_from_dataset(ds: datasets.Dataset, folder: Path, size: int, name: str,
                        max_bad_frac: float = 0.01, source: dict | None = None) -> TensorCache:
     """Decode every row once; rows whose image cannot be decoded are skipped, counted and listed
@@ -149,6 +132,30 @@ def _fill(ds: datasets.Dataset, tmp: Path, size: int, name: str, max_bad_frac: f
     cache = _truncate(cache, n)
     cache.finish({**(source or {}), "name": name, "skipped": ledger.bad})
     return cache
+
+
+def concatenate(parts: list[TensorCache], folder: Path, meta: dict) -> TensorCache:
+    """One cache holding the images of `parts` (same size) one after the other, without landmarks (identity -1);
+    their skipped files are listed together. Written to a temporary folder, then renamed into place."""
+    folder = Path(folder)
+    if len({p.size for p in parts}) != 1:
+        raise ValueError(f"caches of different sizes: {[p.size for p in parts]}")
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = TensorCache.create(tmp, sum(len(p) for p in parts), parts[0].size, 0)
+    start = 0
+    for part in parts:
+        for s in range(0, len(part), 1024):                       # bounded memory
+            chunk = part.images[s:s + 1024]
+            out.images[start + s:start + s + len(chunk)] = chunk
+        start += len(part)
+    out.identity[:] = -1
+    out.finish({**meta, "skipped": [b for p in parts for b in p.meta.get("skipped", [])],
+                "counts": [len(p) for p in parts]})
+    del out
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return TensorCache.load(folder)
 
 
 def _truncate(cache: TensorCache, n: int) -> TensorCache:

@@ -194,6 +194,68 @@ def read_mafl(data_dir, split: str, max_bad_frac: float = 0.01,
     return _celeba_dataset(root, names, f"mafl[{split}]", max_bad_frac)
 
 
+# ---------------------------------------------------------------- MTFL (and the AFLW_M test faces)
+
+# MTFL's crop of a face from its 5 points: a square of side MTFL_SIDE x max(inter-ocular distance, eye-centre to
+# mouth-centre distance), centred on the mean of the 5 points. 3.1 is 1 / 0.323, the median of that distance over
+# the side of the 2,995 AFLW test crops, so that the training photos are framed like the test faces.
+MTFL_SIDE = 3.1
+
+
+def _mtfl_records(root: Path, listing: str) -> list[dict]:
+    """Rows of an MTFL list (`PATH x1..x5 y1..y5 gender smile glasses pose`; PATH relative to root, with
+    Windows separators; lines may start with spaces): image and landmarks [5, 2], 1-based -> 0-based."""
+    path = root / listing
+    rows = _rows(path, f"the MTFL list {listing} (path x1..x5 y1..y5 attributes), as shipped")
+    records = []
+    for i, f in rows:
+        xy = np.reshape(_floats(f[1:], path, i, 10), (2, 5)).T  # x1..x5, y1..y5 -> [5, 2]
+        records.append({"image": root / f[0].replace("\\", "/"), "landmarks": xy - 1})
+    return records
+
+
+def mtfl_box(landmarks: np.ndarray) -> list[float]:
+    """The MTFL crop (MTFL_SIDE) of 5 points [5, 2] (left eye, right eye, nose, mouth corners) as a box."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    eyes = np.linalg.norm(lm[0] - lm[1])
+    eye_mouth = np.linalg.norm((lm[0] + lm[1]) / 2 - (lm[3] + lm[4]) / 2)
+    half = MTFL_SIDE * max(eyes, eye_mouth) / 2
+    cx, cy = lm.mean(0)
+    return [cx - half, cy - half, cx + half, cy + half]
+
+
+def read_mtfl(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Dataset:
+    """MTFL (Zhang et al. 2014) as shipped: 10,000 training photos (LFW, web) and the 2,995 AFLW test faces.
+
+    Reads (under data_dir, the unzipped MTFL folder): training.txt and testing.txt, one face a line: `PATH x1 x2
+    x3 x4 x5 y1 y2 y3 y4 y5 gender smile glasses pose`, PATH relative to data_dir with backslashes
+    (`lfw_5590\\Aaron_Eckhart_0001.jpg`), most lines led by a space; attributes ignored. Points as DVE reads
+    the same testing.txt: 1-based, we subtract 1. Order: left eye, right eye, nose, left mouth corner, right mouth
+    corner; the inter-ocular distance is between the two eye centres (points 0 and 1).
+
+    Crops. Test (the AFLW_M benchmark): DVE's preprocessing, the whole 150x150 AFLW crop as shipped (box = the
+    image), which its evaluation resizes to 136 and centre-crops to 96 (regress.py --resize 136 --crop 96, the
+    default). Training: the photos are framed looser (a face fills 17-24 % of their width, 32 % of a test crop's),
+    so each is cropped by `mtfl_box`: a square of MTFL_SIDE (3.1) x max(inter-ocular distance, eye-to-mouth
+    distance) centred on the mean of the 5 points, zero-padded past the image. The rule is the test crops'
+    framing: on the 2,995 test faces its box is within 10 % of the image's side for 90 % of them.
+    identity: -1 (MTFL names no person). Splits: `pretrain` (the 10,000 training photos), `train` (their first
+    9,000), `val` (the last 1,000), `test` (2,995).
+    """
+    root = Path(data_dir)
+    _check_split("mtfl", split, ("pretrain", "train", "val", "test"))
+    if split == "test":
+        records = _mtfl_records(root, "testing.txt")
+    else:
+        records = _mtfl_records(root, "training.txt")
+        for rec in records:
+            rec["box"] = mtfl_box(rec["landmarks"])
+        n_val = int(round(0.1 * len(records)))
+        records = {"pretrain": records, "train": records[:len(records) - n_val],
+                   "val": records[len(records) - n_val:]}[split]
+    return records_to_dataset(records, f"mtfl[{split}]", max_bad_frac, num_points=5)
+
+
 # ---------------------------------------------------------------- AFLW
 
 def read_aflw_m(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Dataset:
@@ -213,12 +275,7 @@ def read_aflw_m(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Da
     _check_split("aflw_m", split, ("train", "val", "test"))
     records = []
     if split == "test":
-        path = root / "MTFL" / "testing.txt"
-        rows = _rows(path, "MTFL test list (path x1..x5 y1..y5 ...), as in DVE's aflw-mtfl/MTFL/")
-        imgdir = require(root / "MTFL", "the MTFL image folder")
-        for i, f in rows:
-            xy = np.reshape(_floats(f[1:], path, i, 10), (2, 5)).T  # x1..x5, y1..y5 -> [5, 2]
-            records.append({"image": imgdir / f[0].replace("\\", "/"), "landmarks": xy - 1})
+        records = _mtfl_records(root / "MTFL", "testing.txt")
     else:
         path = root / "aflw_cropped" / "facedata_cropped.csv"
         require(path, "AFLW crop annotations (aflw_10122train_cropped.zip), as in aflw_cropped/")
@@ -341,6 +398,34 @@ def read_300w(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
     if split == "val":
         records = _val_tail(records)
     return records_to_dataset(records, f"300w[{split}]", max_bad_frac, num_points=68)
+
+
+def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.01) -> datasets.Dataset:
+    """A folder of face images, each with its 68-point `.pts` beside it (300-W markup: `version: 1`,
+    `n_points:  68`, `{`, 68 `x y` lines, `}`; 1-based, we subtract 1): AFW as 300-W ships it, or a user's own.
+
+    Reads every `.pts` below data_dir, recursively, in sorted path order, and the image of the same name beside it
+    (any extension of IMAGE_EXTS; a .pts without one counts as a bad image). Box: the 300-W protocol's crop
+    (`box_300w`, DVE's) of the 68 points' bounding box, which is what 300-W's `bb_ground_truth` boxes are. The
+    eye points are the outer eye corners 36 and 45. identity: -1 (no person is named). One set: `split` is
+    ignored, as for an image folder (every split is the whole folder: use it to evaluate or to pretrain, not to
+    fit a regressor on its own test faces). No .pts: DataError.
+    """
+    root = require(data_dir, "a folder of images with a .pts beside each")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected images with a .pts beside each)")
+    annotations = sorted(p for p in root.rglob("*.pts") if p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not annotations:
+        raise DataError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
+    records = []
+    for pts_path in annotations:
+        pts = _read_pts(pts_path) + 1                                   # 1-based, as 300-W's boxes are
+        image = next((q for ext in IMAGE_EXTS for q in (pts_path.with_suffix(ext), pts_path.with_suffix(ext.upper()))
+                      if q.is_file()), pts_path.with_suffix(".jpg"))    # none: reported as a missing file
+        box = box_300w([*pts.min(0), *pts.max(0)])
+        records.append({"image": image, "landmarks": pts - 1, "box": box})
+    return records_to_dataset(records, f"ptsfolder[{root}]", max_bad_frac, num_points=68)
 
 
 # ---------------------------------------------------------------- CUB
@@ -501,4 +586,5 @@ def read_hf(name_or_path, split: str) -> datasets.Dataset:
 
 
 READERS = {"celeba": read_celeba, "mafl": read_mafl, "aflw_m": read_aflw_m, "aflw_r": read_aflw_r,
-           "300w": read_300w, "cub": read_cub, "imagefolder": read_imagefolder}
+           "300w": read_300w, "cub": read_cub, "mtfl": read_mtfl, "ptsfolder": read_ptsfolder,
+           "imagefolder": read_imagefolder}
