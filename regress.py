@@ -59,6 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", default="auto", choices=["auto", "iod", "pck"], help="auto: pck for cub, else iod")
     g.add_argument("--eye_idx", type=int, nargs=2, default=None, help="eye points for iod (default: 5 or 68 points)")
     g.add_argument("--pck_alpha", type=float, default=0.05, help="PCK threshold as a share of the image side")
+    g.add_argument("--score_split", default="test", choices=["test", "val"],
+                   help="the split the figures are scored on: test (default), or val for studies that choose a model "
+                        "or a recipe (the test split is then never read; selection and score share val)")
     g.add_argument("--test_zoom_out", type=zoom_range, default=None, metavar="LO,HI",
                    help="synthetic unaligned: the test split's zoom-out range alone (train and select at --zoom_out): "
                         "scale sensitivity to unseen scales (LEAD Fig. 9)")
@@ -270,7 +273,8 @@ def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -
                          "std": test.std().item() if len(runs) > 1 else 0.0, "mean_shape": floor.mean().item(),
                          "per_landmark": finite(torch.tensor([[math.nan if v is None else v for v in r["per_landmark"]]
                                                               for r in runs]).nanmean(0))})
-    return {"dataset": describe(args, "test"), "variant": args.variant, "metric": metric,
+    return {"dataset": describe(args, args.score_split), "score_split": args.score_split, "variant": args.variant,
+            "metric": metric,
             "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
             "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [args.resize, args.crop],
             "sources": infos, "summary": rows, "runs": records, "command": sys.argv}
@@ -336,7 +340,7 @@ def check_args(args) -> None:
 def load_data(args) -> dict:
     data = {split: load_eval_split(args, split) for split in ("train", "val")}
     test_args = argparse.Namespace(**{**vars(args), "zoom_out": args.test_zoom_out or args.zoom_out})
-    data["test"] = load_eval_split(test_args, "test")
+    data["test"] = load_eval_split(test_args, args.score_split) if args.score_split == "test" else data["val"]
     data["train"], dropped = without_val(data["train"], data["val"])
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)

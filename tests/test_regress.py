@@ -292,3 +292,16 @@ def test_test_zoom_out_changes_only_the_test_split(cache_dir, tmp_path):
     assert iod[1] < 0.9 * iod[0]
     with pytest.raises(DataError, match="--variant unaligned"):
         regress.main(parse("--test_zoom_out", "1.5,2", "--output_dir", str(tmp_path / "z")))
+
+
+def test_score_split_val_scores_on_validation_and_never_reads_the_test_split(cache_dir, tmp_path, monkeypatch):
+    """--score_split val (recipe and model choice): the figures are the validation split's, and the test split
+    is not loaded at all."""
+    loaded = []
+    real = regress.load_eval_split
+    monkeypatch.setattr(regress, "load_eval_split", lambda args, split: loaded.append(split) or real(args, split))
+    res = regress.main(parse("--score_split", "val", "--output_dir", str(tmp_path / "val")))
+    assert loaded == ["train", "val"] and res["splits"]["test"] == res["splits"]["val"] == 24
+    run = res["runs"][0]
+    assert run["test"] == pytest.approx(min(v for _, v in run["val_curve"]))     # scored where it was selected
+    assert res["score_split"] == "val" and "val" in res["dataset"]["key"]           # describes the split scored
