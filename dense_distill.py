@@ -254,7 +254,7 @@ def main(args) -> dict:
     accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     if args.resume:
-        check_resume_args(args, out)
+        check_resume_args(args, out, parser=get_args_parser())
     accelerator.wait_for_everyone()
     set_seed(args.seed)
     with accelerator.main_process_first():

@@ -8,8 +8,11 @@ matching benchmark.
 
 A point's descriptor is read at the point (bilinearly) in the reference's feature map; its match is the arg-max
 of the cosine similarity over the query's feature map upsampled to the input resolution (as ContrastLandmark).
-Images of any size and mode are converted to RGB (EXIF rotation applied) and resized so that the shorter side
-is the model's training size (its config.json, or --size); points are mapped back to each image's own pixels.
+Images of any size and mode are converted to RGB (EXIF rotation applied); each photo is cropped to its largest
+face (common/detect.py; --no_face_crop: the whole frame, as when no face is found or the reference points leave
+the face), and the crop is resized to the model's training size (its config.json, or --size); a whole frame is
+resized so that its shorter side is that size. Query points can only land inside the query's crop. Points are
+mapped back to each image's own pixels.
 Heavy modules are imported when needed: the two-image command spends most of its time importing torch.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 DEMO_MODEL = "runs/demo/distill/final"            # the demo's, trained on synthetic faces (bash demo.sh)
 REAL_MODEL = "runs/demo_real/distill/final"       # the real-face recipe's (bash demo.sh --real DIR)
+PICTURE_HEIGHT = 256                              # --out draws both images at this height
 logger = logging.getLogger("lead")
 
 
@@ -131,9 +135,14 @@ def to_model(image, side: int, box=None):
     return x, scale, 0.5 * scale - 0.5                           # (p + 0.5) * scale - 0.5
 
 
+def inside(points, box) -> bool:
+    x0, y0, x1, y1 = box
+    return all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in points)
+
+
 def face_boxes(args, images: dict) -> dict:
-    """Each photo's face crop (common.detect.face_box), or None: with --no_face_crop, for a data set's row (a face
-    cropped already), or where no face is found (the whole frame is then matched, and the log says so)."""
+    """Each photo's face crop (common.detect.face_box), or None: with --no_face_crop, for a data set's row (cropped
+    to its box already), or where no face is found (the whole frame is then matched, and the log says so)."""
     if args.no_face_crop:
         return {k: None for k in images}
     from common.detect import face_box
@@ -167,6 +176,9 @@ def match_two(args) -> dict:
     boxes = face_boxes(args, {"ref": (ref, landmarks is not None), "query": (query, query_lm is not None)})
     points = landmarks if landmarks and not (args.ref_points or args.ref_points_file) else \
         read_points(args, *ref.size, boxes["ref"])
+    if boxes["ref"] is not None and not inside(points, boxes["ref"]):      # points beyond the face: whole frames
+        logger.info("reference points outside the face found in --ref: the whole frames are matched")
+        boxes = {"ref": None, "query": None}
     if args.heatmap is not None and not 0 <= args.heatmap < len(points):
         fail(f"--heatmap {args.heatmap}: there are {len(points)} points (0-{len(points) - 1})")
     import torch
@@ -193,22 +205,24 @@ def match_two(args) -> dict:
         t1 = time.perf_counter()
         heat = None
         if args.heatmap is not None:
-            heat = in_image(heatmap(fr, fq, ref_model[args.heatmap], xr.shape[-2:], xq.shape[-2:]), sq, oq, query.size)
+            heat = in_image(heatmap(fr, fq, ref_model[args.heatmap], xr.shape[-2:], xq.shape[-2:]), sq, oq, query.size,
+                            PICTURE_HEIGHT)
         from common.viz import match_picture
-        match_picture(ref, query, points, result["query_points"], heat, args.heatmap,
+        match_picture(ref, query, points, result["query_points"], heat, args.heatmap, PICTURE_HEIGHT,
                       boxes=(boxes["ref"], boxes["query"])).save(args.out)
         result["seconds_picture"] = time.perf_counter() - t1
     return result
 
 
-def in_image(heat, scale, offset, size):
-    """A map over the model's input [h, w] laid over the image of `size` (w, h) through the input's affine map;
-    0 where the input does not reach (outside a face crop)."""
+def in_image(heat, scale, offset, size, height: int):
+    """A map over the model's input [h, w] laid over the image of `size` (w, h) through the input's affine map, at
+    the picture's `height` (the image scaled to it); 0 where the input does not reach (outside a face crop)."""
     import torch
     import torch.nn.functional as F
-    w, h = size
+    s = height / size[1]
+    w, h = max(1, round(size[0] * s)), height
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    at = torch.stack([xs, ys], -1) * scale + offset                   # image pixel -> model pixel
+    at = ((torch.stack([xs, ys], -1) + 0.5) / s - 0.5) * scale + offset    # picture pixel -> image -> model pixel
     grid = (2 * at + 1) / torch.tensor([heat.shape[1], heat.shape[0]]) - 1
     return F.grid_sample(heat[None, None], grid[None], mode="bilinear", padding_mode="zeros",
                          align_corners=False)[0, 0]

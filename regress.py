@@ -206,6 +206,9 @@ def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
     source = load_source(spec, args.hypercolumn_from, data["train"]["images"], args.fit_rows, device)
     budget, stores = args.cache_gb * 2**30, {}
     for split in ("train", "val", "test"):
+        if split == "test" and data["test"] is data["val"]:      # --score_split val: the same images
+            stores["test"] = stores["val"]
+            continue
         stores[split] = FeatureStore(source, data[split]["images"], budget, args.feature_batch)
         budget -= stores[split].nbytes
     info = {"features_from": spec, "name": source.name, "dim": source.dim,
@@ -288,7 +291,8 @@ def write_reports(out: Path, results: dict) -> None:
     def cell(r):
         return f"{r['mean']:.2f} ± {r['std']:.2f}" if r["runs"] > 1 else f"{r['mean']:.2f}"
 
-    lines = [f"Test error ({results['error']}), by labelled training images; model selection on validation.", "",
+    scored = "Test" if results.get("score_split", "test") == "test" else "Validation"
+    lines = [f"{scored} error ({results['error']}), by labelled training images; model selection on validation.", "",
              "| features | dim | " + " | ".join(map(str, sizes)) + " |", "| --- | --- |" + " --- |" * len(sizes)]
     for spec, name, dim in names:
         by_n = {r["num_train"]: r for r in rows if r["features_from"] == spec}
@@ -329,18 +333,20 @@ def check_args(args) -> None:
     if args.dataset == "imagefolder":
         raise DataError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
                         "(synthetic, celeba, mafl, aflw_m, aflw_r, 300w or cub)")
+    if args.test_zoom_out and args.score_split != "test":
+        raise DataError("--test_zoom_out changes the test split, which --score_split val does not read")
     if args.test_zoom_out and (args.dataset != "synthetic" or args.variant != "unaligned"):
         raise DataError("--test_zoom_out applies to --dataset synthetic --variant unaligned (zoomed-out faces)")
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
-        check_resume_args(args, out, FREE_ON_RESUME)
+        check_resume_args(args, out, FREE_ON_RESUME, get_args_parser())
 
 
 def load_data(args) -> dict:
     data = {split: load_eval_split(args, split) for split in ("train", "val")}
     test_args = argparse.Namespace(**{**vars(args), "zoom_out": args.test_zoom_out or args.zoom_out})
-    data["test"] = load_eval_split(test_args, args.score_split) if args.score_split == "test" else data["val"]
+    data["test"] = load_eval_split(test_args, "test") if args.score_split == "test" else data["val"]
     data["train"], dropped = without_val(data["train"], data["val"])
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)

@@ -56,7 +56,9 @@ def data_line(args, split: str) -> str:
     if args.dataset == "synthetic":
         what += f" --variant {args.variant} --image_size {args.image_size} (faces drawn by this repository)"
     if split == "pretrain" and getattr(args, "add_data", None):      # formats only: a folder is the user's
-        what += "".join(f" --add_data {spec.partition(':')[0]}" for spec in args.add_data)
+        from .data import FORMATS
+        what += "".join(f" --add_data {fmt if fmt in FORMATS or fmt == 'synthetic' else 'DATASET'}"
+                        for fmt in (spec.partition(":")[0] for spec in args.add_data))
     return f"data: {what}, split `{split}`" + (f", first {args.num_images} images" if args.num_images else "")
 
 

@@ -86,11 +86,17 @@ def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str,
 def probe_data(args):
     """The labelled faces a training run's matching probe uses, and a line that says which: the run's own
     validation split when it has landmarks (and two faces or more), else the synthetic validation faces at the
-    same --image_size (an image folder, or any source without landmarks)."""
+    same --image_size (an image folder, a source without landmarks or without a val split)."""
     import argparse
 
-    from .data import load_tensors
-    if args.dataset != "imagefolder":               # an image folder has no landmarks: not read a second time
+    from .data import DataError, load_split, load_tensors
+    labelled = False
+    if args.dataset not in ("synthetic", "imagefolder"):    # an image folder has no landmarks: not read again
+        try:                                                # the rows first: no cache of images without landmarks
+            labelled = "landmarks" in load_split(args, "val").column_names
+        except DataError:                                   # no val split
+            labelled = False
+    if args.dataset == "synthetic" or labelled:
         cache = load_tensors(args, "val")
         if cache.landmarks.shape[1] and len(cache) >= 2:
             known = bool((np.asarray(cache.identity) >= 0).any())

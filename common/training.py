@@ -153,15 +153,19 @@ FREE_ON_RESUME = {"resume", "overwrite", "exit_after_steps", "log_every", "check
                   "data_workers", "probe_pairs", "eval_every", "argv"}
 
 
-def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME) -> None:
+def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME, parser=None) -> None:
     """--resume continues the run of `out` with its own settings: another value of a flag that changes the
     result (a model from another architecture, other data, another schedule) is a one-line error, before
-    anything is loaded or written. A flag added to the scripts since that run began may keep its off value."""
+    anything is loaded or written. A flag added to the scripts since that run began (absent from its args.json)
+    may keep its default (`parser`'s) or an off value."""
     if not (out / "args.json").is_file():
         raise DataError(f"{out}: nothing to resume (no args.json)")
     before = json.loads((out / "args.json").read_text())
     now = json.loads(json.dumps(vars(args), default=str))
-    added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "")}   # new flags, left off
+
+    def default(k):
+        return json.loads(json.dumps(parser.get_default(k), default=str)) if parser is not None else None
+    added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "", default(k))}
     changed = sorted(k for k in (now.keys() | before.keys()) - free - added if before.get(k) != now.get(k))
     if changed:
         raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "

@@ -90,7 +90,7 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
-    for section in ("## Goals", "## Landmark regression on AFLW_M", "## Few labels (AFLW test faces)",
+    for section in ("## Goals", "## Landmark regression (on AFLW_M", "## Few labels (AFLW test faces)",
                     "AFLW (MTFL test faces, 5 points)", "AFW (68 points)", "## A matching picture", "## Wall time"):
         assert section in report, section
     assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report

@@ -214,3 +214,11 @@ def test_the_default_grid_covers_the_face_and_a_faceless_image_is_matched_whole(
     assert len(pts) == 25 and (pts[:, 0] > x0).all() and (pts[:, 0] < x1).all() and (pts[:, 1] > y0).all()
     assert (pts[:, 1] < y1).all() and out["query_face"] is None and "--query: no face found" in caplog.text
     assert Image.open(tmp_path / "m.png").size[1] == 256
+
+
+def test_reference_points_beyond_the_face_match_the_whole_frames(tmp_path, caplog):
+    portrait, press, _ = photos(tmp_path)
+    with caplog.at_level("INFO"):
+        out = run("--model", "random-resnet18", "--ref", portrait, "--query", press, "--ref_points", "224,140;40,480")
+    assert out["ref_face"] is None and out["query_face"] is None          # (40, 480) is far below the face
+    assert "reference points outside the face found in --ref: the whole frames are matched" in caplog.text

@@ -132,3 +132,20 @@ def test_resume_accepts_a_run_written_before_a_flag_was_added(tmp_path):
     check_resume_args(args, tmp_path)                                  # --add_data left off: the same run
     with pytest.raises(DataError, match=r"other settings than .* \(add_data\)"):
         check_resume_args(flags("--add_data", "synthetic"), tmp_path)
+
+
+def test_resume_accepts_a_flag_added_since_at_its_default(tmp_path):
+    """regress.py's --score_split came after runs were written: their args.json lacks it, and its default
+    ("test") is the same run; another value is not."""
+    import regress
+    from common.training import check_resume_args
+    parser = regress.get_args_parser()
+    args = parser.parse_args(["--features_from", "random-resnet18"])
+    (tmp_path / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "score_split"},
+                                                   default=str))
+    check_resume_args(args, tmp_path, parser=parser)
+    with pytest.raises(DataError, match=r"\(score_split\)"):
+        check_resume_args(args, tmp_path)                              # without the parser: not known to be off
+    with pytest.raises(DataError, match=r"\(score_split\)"):
+        check_resume_args(parser.parse_args(["--features_from", "random-resnet18", "--score_split", "val"]),
+                          tmp_path, parser=parser)

@@ -305,3 +305,6 @@ def test_score_split_val_scores_on_validation_and_never_reads_the_test_split(cac
     run = res["runs"][0]
     assert run["test"] == pytest.approx(min(v for _, v in run["val_curve"]))     # scored where it was selected
     assert res["score_split"] == "val" and "val" in res["dataset"]["key"]           # describes the split scored
+    assert (tmp_path / "val" / "results.md").read_text().startswith("Validation error (% inter-ocular distance)")
+    with pytest.raises(DataError, match="--test_zoom_out changes the test split, which --score_split val"):
+        regress.main(parse("--score_split", "val", "--test_zoom_out", "1.5,2", "--output_dir", str(tmp_path / "z")))

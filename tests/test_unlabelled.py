@@ -84,3 +84,22 @@ def test_other_faces_treats_an_unknown_identity_as_anyone_else():
     assert other_faces(unknown, 1).tolist() == [0, 2]               # any other image, never itself
     mixed = np.array([4, -1, 4])
     assert other_faces(mixed, 0).tolist() == [1] and other_faces(mixed, 1).tolist() == [0, 2]
+
+
+def test_the_probe_falls_back_on_the_synthetic_faces_without_a_labelled_val_split(cache_dir, tmp_path):
+    """A saved data set of images alone, with no val split: the probe neither builds a cache of it nor fails."""
+    import argparse
+
+    import datasets
+
+    from common.data import data_args
+    from common.probe import probe_data
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images})}).save_to_disk(tmp_path / "saved")
+    args = argparse.ArgumentParser(parents=[data_args()]).parse_args(
+        ["--dataset", str(tmp_path / "saved"), "--image_size", "32", "--data_workers", "1"])
+    cache, what = probe_data(args)
+    assert len(cache) == 300 and cache.landmarks.shape[1:] == (5, 2)
+    assert what.startswith("the synthetic val split (300 faces") and "has no landmarks" in what
+    assert not list((cache_dir / "tensors").glob("*saved*"))             # nothing of the saved set was cached

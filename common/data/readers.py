@@ -14,7 +14,8 @@ network input; it may extend past the image, and consumers zero-pad there (as DV
 `val` splits: where a benchmark has no validation set, `val` is the last 10% of `train`
 (n_val = int(round(0.1 * n)), DVE's `use_minival`) and `train` still holds all of them, because the
 papers fit the regressor on the whole training set. A consumer that selects models on `val` must
-train on `train` minus `val`. Model selection must never use `test`.
+train on `train` minus `val`. (MTFL, which no paper's protocol splits, keeps them apart: its `train` is
+the first 90 %.) Model selection must never use `test`.
 
 References: DVE, github.com/jamt9000/DVE, data_loader/data_loaders.py (CelebA, MAFL, AFLW_M, AFLW_R,
 300W); ContrastLandmark, github.com/cvl-umass/contrast-landmark, data_loader/data_loaders_animal.py
@@ -250,9 +251,8 @@ def read_mtfl(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
         records = _mtfl_records(root, "training.txt")
         for rec in records:
             rec["box"] = mtfl_box(rec["landmarks"])
-        n_val = int(round(0.1 * len(records)))
-        records = {"pretrain": records, "train": records[:len(records) - n_val],
-                   "val": records[len(records) - n_val:]}[split]
+        val = _val_tail(records)                  # the split: train and val apart (9,000 / 1,000)
+        records = {"pretrain": records, "train": records[:len(records) - len(val)], "val": val}[split]
     return records_to_dataset(records, f"mtfl[{split}]", max_bad_frac, num_points=5)
 
 
