@@ -15,9 +15,9 @@
 # Every training and evaluation stage is launched with `accelerate launch` and the flags below, nothing else.
 # Running it again reuses the cached data and skips finished stages; a stage that was interrupted is continued
 # with --resume (started again when it stopped before its first checkpoint).
-# DEMO_OUT=folder puts the runs elsewhere (default runs/demo, runs/demo_real; runs/demo_quick with --quick).
+# DEMO_OUT=folder puts the runs elsewhere (default runs/demo, runs/demo_real; with --quick runs/demo_quick,
+# runs/demo_real_quick).
 set -euo pipefail
-cd "$(dirname "$0")"
 QUICK=0
 REAL=""
 usage() { echo "usage: bash demo.sh [--quick] [--real DIR]" >&2; exit 2; }
@@ -28,6 +28,8 @@ while [ $# -gt 0 ]; do
         *) usage ;;
     esac
 done
+if [ -n "$REAL" ] && [ -d "$REAL" ]; then REAL=$(cd "$REAL" && pwd); fi    # DIR as the caller meant it
+cd "$(dirname "$0")"
 if [ -n "$REAL" ] && [ ! -f "$REAL/mtfl/training.txt" ]; then
     echo "error: --real $REAL: $REAL/mtfl/training.txt not found (DIR holds MTFL as shipped in mtfl/, and" \
          "optionally celeba_half/ and afw/)" >&2
