@@ -149,7 +149,7 @@ def union_tensors(args, size: int) -> TensorCache:
     from filelock import FileLock
 
     from . import synthetic
-    from .cache import concatenate
+    from .cache import TensorCache, concatenate
     sources = [argparse.Namespace(**{**vars(args), "add_data": []})] + [added_source(args, s) for s in args.add_data]
     parts = [load_tensors(a, "pretrain", size) for a in sources]
     info = {"union": [describe(a, "pretrain") for a in sources], "size": size, "version": CACHE_VERSION}
@@ -158,7 +158,6 @@ def union_tensors(args, size: int) -> TensorCache:
     with FileLock(str(folder) + ".lock"):
         if not (folder / "meta.json").exists():
             concatenate(parts, folder, {**info, "sources": [a.dataset for a in sources]})
-    from .cache import TensorCache
     return TensorCache.load(folder)
 
 
