@@ -65,7 +65,7 @@ elif [ -n "$REAL" ]; then
     OUT=${DEMO_OUT:-runs/demo_real}
     DATA=(--image_size 128)
     S1=(--crop_size 64 --batch_size 64 --max_steps 500 --checkpoint_every 100 --proj_hidden 512)
-    S2=(--crop_size 64 --batch_size 32 --max_steps 750 --checkpoint_every 150)
+    S2=(--crop_size 64 --batch_size 32 --max_steps 1000 --checkpoint_every 200)
     REG=(--resize 90 --crop 64 --epochs 2 --min_steps 300 --eval_every 100)
     FEW=(--num_train 5 20 100 --seeds 2)
     MATCH=(--pairs 300 --size 64)
