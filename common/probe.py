@@ -90,13 +90,13 @@ def probe_data(args):
     import argparse
 
     from .data import DataError, load_split, load_tensors
-    labelled = False
+    labelled = args.dataset == "synthetic"
     if args.dataset not in ("synthetic", "imagefolder"):    # an image folder has no landmarks: not read again
         try:                                                # the rows first: no cache of images without landmarks
             labelled = "landmarks" in load_split(args, "val").column_names
         except DataError:                                   # no val split
-            labelled = False
-    if args.dataset == "synthetic" or labelled:
+            pass
+    if labelled:
         cache = load_tensors(args, "val")
         if cache.landmarks.shape[1] and len(cache) >= 2:
             known = bool((np.asarray(cache.identity) >= 0).any())
@@ -105,7 +105,7 @@ def probe_data(args):
     synthetic = argparse.Namespace(**{**vars(args), "dataset": "synthetic", "data_dir": None, "num_images": None})
     cache = load_tensors(synthetic, "val")
     return cache, (f"the synthetic val split ({len(cache)} faces, {synthetic.variant}), because --dataset "
-                   f"{args.dataset} has no landmarks")
+                   f"{args.dataset} has no labelled val split of two faces or more")
 
 
 def guarded(probe, *args, **kwargs):

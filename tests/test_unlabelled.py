@@ -53,7 +53,7 @@ def test_both_stages_on_an_image_folder_probe_on_the_synthetic_faces(cache_dir, 
     for out in ("s1", "s2"):
         (record,) = probe_records(tmp_path / out)
         assert record["probe_data"].startswith("the synthetic val split (300 faces")
-        assert "--dataset imagefolder has no landmarks" in record["probe_data"]
+        assert "--dataset imagefolder has no labelled val split" in record["probe_data"]
         card = (tmp_path / out / "final" / "README.md").read_text()
         assert "Matching probe on the synthetic val split" in card and "| points left in place |" in card
     assert caplog.text.count("on the synthetic val split") == 2
@@ -101,5 +101,5 @@ def test_the_probe_falls_back_on_the_synthetic_faces_without_a_labelled_val_spli
         ["--dataset", str(tmp_path / "saved"), "--image_size", "32", "--data_workers", "1"])
     cache, what = probe_data(args)
     assert len(cache) == 300 and cache.landmarks.shape[1:] == (5, 2)
-    assert what.startswith("the synthetic val split (300 faces") and "has no landmarks" in what
+    assert what.startswith("the synthetic val split (300 faces") and "has no labelled val split" in what
     assert not list((cache_dir / "tensors").glob("*saved*"))             # nothing of the saved set was cached
