@@ -194,6 +194,18 @@ def goals(regression: dict, aflw: dict, afw: dict) -> list[tuple[str, bool]]:
 PAPER_AFLW_M = {"LEAD": 6.23, "ContrastLandmark": 6.99, "DVE": 7.53}
 
 
+def training_line(out: Path) -> str:
+    """What stages 1 and 2 ran, from their args.json: network, views, steps, batch, precision."""
+    parts = []
+    for stage, name in (("byol", "stage 1"), ("distill", "stage 2")):
+        if (a := read(out / stage / "args.json")) is not None:
+            precision = a.get("precision", a.get("mixed_precision", "no"))
+            net = f"{a['arch']}, " if "arch" in a else ""
+            parts.append(f"{name} {net}{a['max_steps']:,} steps of {a['batch_size']} images at {a['crop_size']} px "
+                         f"({'fp32' if precision == 'no' else precision})")
+    return "Trained: " + "; ".join(parts) + "." if parts else ""
+
+
 def real_report(out: Path, quick: bool = False) -> str:
     """runs/demo_real/report.md: the real-face recipe's figures, each beside its floors and the paper's."""
     lines = ["# LEAD demo on real faces", ""]
@@ -203,7 +215,7 @@ def real_report(out: Path, quick: bool = False) -> str:
               "unlabelled MTFL training photos (and CelebA where given); regression: MTFL's training faces, "
               "selected on its validation faces, tested on the 2,995 AFLW faces of AFLW_M; matching: the AFLW test "
               "faces (5 points) and AFW (68 points). Every figure sits beside its floors: points left in place, "
-              "the mean shape, and the same network untrained at the same input size.", ""]
+              "the mean shape, and the same network untrained at the same input size. " + training_line(out), ""]
     regression, reg_lines = {}, []
     if (res := read(out / "regress" / "results.json")) is not None:
         reg_lines, by = regression_section(

@@ -94,6 +94,7 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
                     "AFLW (MTFL test faces, 5 points)", "AFW (68 points)", "## A matching picture", "## Wall time"):
         assert section in report, section
     assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report
+    assert "Trained: stage 1 resnet18, 4 steps of 16 images at 32 px (fp32); stage 2 4 steps of 16 images" in report
     goals = report.split("## Goals")[1].split("##")[0]
     assert goals.count("- holds: ") + goals.count("- DOES NOT HOLD: ") == 5
     assert not re.search(r"\b(nan|inf)\b", report, re.I) and (out / "match.png").stat().st_size > 1000
