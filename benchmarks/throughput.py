@@ -44,7 +44,7 @@ from common.data.cache import TensorCache  # noqa: E402
 from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
 from common.losses import auto_chunk  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
-from common.precision import PRECISIONS, run_precision  # noqa: E402
+from common.precision import PRECISIONS, device_type, run_precision  # noqa: E402
 from common.training import local_batch, make_accelerator  # noqa: E402
 
 
@@ -258,7 +258,7 @@ def line(name: str, stage: int, f: dict, dev) -> str:
 
 def measure(b, say=print) -> dict:
     """Time our step (and with b.baseline the usual one); {"ours": figures, "baseline": figures or None, ...}."""
-    b.precision, reason = run_precision(b.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    b.precision, reason = run_precision(b.mixed_precision, device_type())
     say(f"stage {b.stage}, {b.arch}, views {b.size} px from {b.image_size} px, batch {b.batch}, "
         f"{b.precision} ({reason}), {torch.get_num_threads()} threads, torch {torch.__version__}")
     cache = render_uint8(sample_params(SyntheticSpec("pretrain", b.images, size=b.image_size)), b.image_size)
@@ -277,9 +277,11 @@ def measure(b, say=print) -> dict:
     if not b.baseline:
         return result
     fp32_peak = b.peak_tflops if dtype == torch.float32 else matmul_peak_tflops(dev, torch.float32)
+    del step                                     # ours' model and optimiser: not in the baseline's peak memory
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(cache, Path(tmp))
         if dev.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         step, dev, workers, loader = baseline(b, files, teacher)
         seconds = timed(step, b.steps, b.warmup, dev)

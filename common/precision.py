@@ -1,7 +1,7 @@
 """The precision of a run. `--mixed_precision auto` (the default) computes in bf16 where the device does it fast
 and in fp32 elsewhere; fp16 is never chosen for the user (it needs a loss scale and overflows where bf16 does not).
 
-- CUDA: bf16 where the GPU supports it (Ampere and later), else fp32.
+- CUDA: bf16 where the GPU computes it natively (Ampere and later; not where torch only emulates it), else fp32.
 - CPU: a short measured probe, because the flags do not tell: a CPU with AMX computes bf16 convolutions about twice
   as fast as fp32, while one without it (AMD EPYC, even with `avx512_bf16`) can be a hundred times slower. The probe
   times the forward and backward pass of a small convolution block, the bulk of a training step, in both
@@ -53,18 +53,29 @@ def cpu_bf16_speedup(repeats: int = 5) -> float:
 def auto_precision(device_type: str) -> tuple[str, str]:
     """(precision, reason) that --mixed_precision auto chooses on a device of this type."""
     if device_type == "cuda":
-        name = torch.cuda.get_device_name()
-        if torch.cuda.is_bf16_supported():
+        index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()     # this process's GPU
+        name = torch.cuda.get_device_name(index)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"{name} computes bf16"
-        return "no", f"{name} has no bf16"
+        return "no", f"{name} has no native bf16"
     if device_type == "cpu":
         forced = os.environ.get("LEAD_CPU_BF16")
-        if forced in ("0", "1"):
+        if forced is not None:
+            if forced not in ("0", "1"):
+                raise DataError(f"LEAD_CPU_BF16={forced}: 1 (bf16) or 0 (fp32), or unset to measure")
             return ("bf16", "no")[forced == "0"], f"LEAD_CPU_BF16={forced}"
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            return "no", "several processes on CPUs do not probe (LEAD_CPU_BF16=1: bf16 for all)"
         speedup = cpu_bf16_speedup()
         verdict = "bf16" if speedup >= MIN_SPEEDUP else "no"
         return verdict, f"the CPU probe ran bf16 at {speedup:.2f}x the speed of fp32 (bf16 from {MIN_SPEEDUP}x)"
     return "no", f"fp32 on {device_type}"
+
+
+def device_type() -> str:
+    """Where an Accelerator of this process will compute: cuda, unless there is none or Accelerate is told the CPU."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
 
 
 def run_precision(requested: str, device_type: str, resumed: Path | None = None) -> tuple[str, str]:
@@ -77,7 +88,7 @@ def run_precision(requested: str, device_type: str, resumed: Path | None = None)
         if requested not in ("auto", began):
             raise DataError(f"--resume with --mixed_precision {requested}: {resumed} began in {began}; resume "
                             "with auto or that value")
-        return began, f"the precision {resumed} began with"
+        return began, f"{before.get('precision_reason') or '--mixed_precision'}; kept on resume"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if requested == "auto" and launcher in ("bf16", "fp16"):      # accelerate launch --mixed_precision, or its config
         return launcher, "accelerate launch's --mixed_precision (or accelerate config)"

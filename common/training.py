@@ -17,7 +17,7 @@ import torch
 from .checkpoint import load_state, save_state
 from .data.images import DataError
 from .hub import hub_args, push_to_hub
-from .precision import PRECISIONS, run_precision
+from .precision import PRECISIONS, device_type, run_precision
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -134,7 +134,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "no
     cpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
     if resumed is not None and not (resumed / "args.json").is_file():
         resumed = None                                  # check_resume_args says there is nothing to resume
-    precision, reason = run_precision(mixed_precision, "cuda" if torch.cuda.is_available() else "cpu", resumed)
+    precision, reason = run_precision(mixed_precision, "cpu" if cpu else device_type(), resumed)
     # step_scheduler_with_optimizer=False: our schedules count global steps; Accelerate would otherwise
     # step them once per process
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum,

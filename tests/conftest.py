@@ -12,7 +12,7 @@ torch.set_num_threads(int(os.environ.get("LEAD_TEST_THREADS", "2")))
 datasets.disable_progress_bars()
 # --mixed_precision auto in fp32, as on a CPU without fast bf16, whatever this machine's CPU: the same figures on
 # every machine, and subprocesses agree (tests/test_precision.py measures the probe itself)
-os.environ.setdefault("LEAD_CPU_BF16", "0")
+os.environ["LEAD_CPU_BF16"] = "0"
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py: its dry run on the CPU passes every check, and its verdicts can fail."""
 import argparse
 import json
+import os
 import sys
 
 import pytest
@@ -19,13 +20,13 @@ def test_dry_run_passes_every_check_and_prints_the_table(tmp_path, capsys, monke
     out = capsys.readouterr().out
     got = json.loads((tmp_path / "gpu.json").read_text())
     assert list(got["checks"]) == ["stage 1 image-level", "stage 1 dense", "stage 2 LEAD, chunked loss", "regress.py",
-                                   "match.py two images", "match.py --benchmark"]
+                                   "match.py two images", "match.py --benchmark", "throughput"]
     assert all(c["passed"] for c in got["checks"].values()) and "resumed weights differ by 0" in out
     for stage, epochs in ((1, 200), (2, 20)):
         t = got["throughput"][str(stage)]
         assert t["ours"]["rate"] > 0 and t["baseline"]["rate"] > 0
         assert t["paper_hours"]["ours"] == pytest.approx(epochs * 162_770 / t["ours"]["rate"] / 3600)
-    assert "the paper's 200 + 20 epochs" in out and "6 of 6 checks passed" in out
+    assert "the paper's 200 + 20 epochs" in out and "7 of 7 checks passed" in out
     assert not (tmp_path / "outer_cache").exists()                  # its data went to a private cache
 
 
@@ -78,3 +79,30 @@ def test_without_cuda_it_says_how_to_dry_run(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 2
     assert "--dry_run" in capsys.readouterr().err
+
+
+def test_each_check_starts_from_a_fresh_accelerate_state():
+    """The stages run in bf16 on a GPU (auto), regress.py then in fp32: one Accelerate state per process would
+    refuse the second precision, as it does without the reset."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from common.training import make_accelerator
+    AcceleratorState._reset_state(True)
+    Accelerator(mixed_precision="bf16")
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="no")
+    checks = gpu_check.Checks()
+    checks.run("fp32 after bf16", lambda: (make_accelerator("no", 1)[0].mixed_precision == "no", "ok"))
+    assert checks.results["fp32 after bf16"]["passed"], checks.results
+    AcceleratorState._reset_state(True)
+
+
+def test_dry_run_stays_on_the_cpu_where_a_gpu_is_seen(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    from common.precision import device_type
+    assert device_type() == "cuda"
+    with gpu_check.cpu_only(True):
+        assert not torch.cuda.is_available() and device_type() == "cpu"
+    assert torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ

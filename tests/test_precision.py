@@ -16,9 +16,11 @@ def probe(monkeypatch):
     """The CPU probe with chosen timings (seconds of fp32, seconds of bf16), its cache emptied around the test."""
     monkeypatch.delenv("LEAD_CPU_BF16", raising=False)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     precision.cpu_bf16_speedup.cache_clear()
 
     def set_times(fp32, bf16):
+        precision.cpu_bf16_speedup.cache_clear()
         monkeypatch.setattr(precision, "_block_seconds", lambda bf, repeats: bf16 if bf else fp32)
     yield set_times
     precision.cpu_bf16_speedup.cache_clear()
@@ -57,12 +59,26 @@ def test_env_answers_without_measuring(monkeypatch):
         assert precision.run_precision("auto", "cpu") == (chosen, f"LEAD_CPU_BF16={value}")
 
 
-def test_cuda_takes_bf16_where_supported(monkeypatch):
+def test_cuda_takes_bf16_where_computed_natively(monkeypatch):
+    """An emulated bf16 (a V100, a T4: torch's is_bf16_supported() says True by default) is not taken."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "GPU X")
-    for supported, chosen in ((True, "bf16"), (False, "no")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported: s)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for native, chosen in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native:
+                            n or including_emulation)
         got, reason = precision.run_precision("auto", "cuda")
         assert got == chosen and "GPU X" in reason
+
+
+def test_several_cpu_processes_do_not_probe(probe, monkeypatch):
+    probe(2.0, 1.0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert precision.run_precision("auto", "cpu")[0] == "no"
+    monkeypatch.setenv("LEAD_CPU_BF16", "1")
+    assert precision.run_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setenv("LEAD_CPU_BF16", "yes")
+    with pytest.raises(DataError, match="LEAD_CPU_BF16=yes: 1 .bf16. or 0"):
+        precision.run_precision("auto", "cpu")
 
 
 def test_the_real_probe_measures_this_cpu(monkeypatch):
@@ -102,7 +118,8 @@ def test_a_run_records_what_auto_chose(cache_dir, tmp_path, probe):
                                      "--resume"])
     byol_pretrain.main(args)
     assert args.precision == "no"
-    assert "precision: fp32 (the precision" in (tmp_path / "run" / "final" / "README.md").read_text()
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "precision: fp32 (the CPU probe ran bf16 at 0.33x" in card and "kept on resume" in card
     with pytest.raises(DataError, match="began in no"):
         byol_pretrain.main(parser.parse_args(TINY + ["--output_dir", str(tmp_path / "run"), "--max_steps", "3",
                                                      "--resume", "--mixed_precision", "bf16"]))
