@@ -64,6 +64,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--proj_hidden", type=int, default=4096, help="stage 1 projector width")
     parser.add_argument("--baseline", action="store_true", help="also time the usual pipeline, same model and batch")
     parser.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="also run our step this many times under torch.profiler and print where its time goes")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's peak in the step's precision (default: measured on a matrix product)")
     b = parser.parse_args(argv)
@@ -243,6 +245,19 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
     return step, dev, workers, loader
 
 
+def profile(step, steps: int, dev: torch.device, rows: int = 20) -> str:
+    """The operators our step spends its time in (self time, the device's where it has one), over `steps` steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for i in range(steps):
+            step(1000 + i)
+        sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def figures(b, seconds: float, flops: int, peak: float, memory: float) -> dict:
     achieved = flops * b.steps / seconds / 1e12
     return {"rate": b.steps * b.batch / seconds, "ms_per_step": seconds / b.steps * 1e3, "tflops": achieved,
@@ -274,6 +289,8 @@ def measure(b, say=print) -> dict:
     result = {"precision": b.precision, "flops_per_sample": flops / b.batch, "device": str(dev), "baseline": None,
               "ours": figures(b, timed(step, b.steps, b.warmup, dev), flops, peak, peak_memory_gib(dev))}
     say(line("ours", b.stage, result["ours"], dev))
+    if b.profile:
+        say(profile(step, b.profile, dev))
     if not b.baseline:
         return result
     fp32_peak = b.peak_tflops if dtype == torch.float32 else matmul_peak_tflops(dev, torch.float32)
