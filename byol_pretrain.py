@@ -32,8 +32,8 @@ from common.hub import model_card as hub_card
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
 from common.training import (LARS, FiniteGuard, Reporter, check_batch, check_resume_args, ema_momentum, ema_update,
                              eval_mode, freeze_batchnorm, lars_groups, load_checkpoint, local_batch,
-                             make_accelerator, prepare_output, publish_final, run_args, save_args, save_checkpoint,
-                             save_final, warmup_cosine)
+                             make_accelerator, precision_line, prepare_output, publish_final, run_args, save_args,
+                             save_checkpoint, save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
@@ -265,7 +265,8 @@ def model_card(args, out: Path, probe_result: dict, steps: int, probe_on: str | 
         f"`{args.objective}` objective on unlabelled faces. Its hypercolumn (layers 1-4, upsampled and "
         "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
         [data_line(args, "pretrain"), f"steps: {steps}, global batch {args.batch_size}, views "
-         f"{args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256, seed {args.seed}"],
+         f"{args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256, seed {args.seed}",
+         f"precision: {precision_line(args)}"],
         probe_table(probe_result, probe_on),
         f'from common.models import ResNetEncoder\nencoder = ResNetEncoder.from_pretrained("{ref}")\n'
         "dense = encoder.hypercolumn(images)   # images [B, 3, H, W] in [0, 1] -> [B, C, H/4, W/4]",
@@ -280,7 +281,9 @@ def main(args) -> dict:
         raise DataError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
                         f"byol+pixel, got {args.objective}")
     check_hub(args, "lead-byol")
-    accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
+    accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,
+                                                          resumed=out if args.resume else None)
+    args.precision = accelerator.mixed_precision                # what auto chose: args.json and the model card
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     if args.resume:
         check_resume_args(args, out, parser=get_args_parser())

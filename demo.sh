@@ -43,6 +43,7 @@ if ! cmp -s requirements.txt .venv/.demo_requirements; then
     cp requirements.txt .venv/.demo_requirements
 fi
 PY=.venv/bin/python
+# the launcher's own defaults, said aloud to keep it quiet; the scripts' --mixed_precision auto picks the precision
 LAUNCH=(.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
 

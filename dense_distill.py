@@ -34,8 +34,8 @@ from common.hub import check_hub, data_line, model_ref
 from common.hub import model_card as hub_card
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
 from common.training import (FiniteGuard, Reporter, check_batch, check_resume_args, eval_mode, freeze_batchnorm,
-                             load_checkpoint, local_batch, make_accelerator, prepare_output, publish_final, run_args,
-                             save_args, save_checkpoint, save_final, warmup_cosine)
+                             load_checkpoint, local_batch, make_accelerator, precision_line, prepare_output,
+                             publish_final, run_args, save_args, save_checkpoint, save_final, warmup_cosine)
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -231,7 +231,8 @@ def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetE
         [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)", data_line(args, "pretrain"),
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
          f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
-         f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, seed {args.seed}"],
+         f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, seed {args.seed}",
+         f"precision: {precision_line(args)}"],
         probe_table(probe_result, probe_on),
         f'from common.models import DenseExtractor\nmodel = DenseExtractor.from_pretrained("{ref}")\n'
         f"features = model(images)   # images [B, 3, H, W] in [0, 1] -> [B, {args.feature_dim}, H/4, W/4]",
@@ -251,7 +252,9 @@ def main(args) -> dict:
     if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
         raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
     teacher = load_teacher(args.init_from)
-    accelerator = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out)
+    accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,
+                                                          resumed=out if args.resume else None)
+    args.precision = accelerator.mixed_precision                # what auto chose: args.json and the model card
     prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
     if args.resume:
         check_resume_args(args, out, parser=get_args_parser())

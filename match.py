@@ -36,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"data sets {REAL_MODEL} when it exists, for the synthetic faces {DEMO_MODEL})")
     parser.add_argument("--hypercolumn_from", default=None, help="the stage-1 model that pca:K / nmf:K reduce")
     parser.add_argument("--size", type=int, default=None, help="shorter side fed to the model (default: its own)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs (default auto: cuda when a GPU is available, else cpu)")
     g = parser.add_argument_group("Two images")
     g.add_argument("--ref", help="reference image, or SPLIT:INDEX of --dataset (its landmarks are the points)")
     g.add_argument("--query", help="query image, or SPLIT:INDEX of --dataset")
@@ -153,6 +155,15 @@ def face_boxes(args, images: dict) -> dict:
     return boxes
 
 
+def pick_device(requested: str) -> str:
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        fail(f"--device cuda: torch {torch.__version__} sees no CUDA device here; use --device cpu (or auto)")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
 def resolve_model(args, real: bool) -> list[str]:
     """--model, else the demo's model for the data at hand: the real-face recipe's for photos and real data sets
     (`real`), the synthetic demo's for synthetic faces, the other one when that one has not been trained."""
@@ -185,14 +196,15 @@ def match_two(args) -> dict:
     from common.features import check_source, load_source
     if check_source(spec, args.hypercolumn_from) in ("pca", "nmf"):
         fail(f"{spec}: pca / nmf need training images; use them in --benchmark")
-    source = load_source(spec)
+    device = pick_device(args.device)
+    source = load_source(spec).to(device)
     t0 = time.perf_counter()
     side = args.size or source.input_size
     (xr, sr, orr), (xq, sq, oq) = to_model(ref, side, boxes["ref"]), to_model(query, side, boxes["query"])
     ref_model = torch.tensor(points, dtype=torch.float32) * sr + orr
     from common.metrics import match
     with torch.no_grad():
-        fr, fq = source(xr), source(xq)
+        fr, fq = source(xr.to(device)).float().cpu(), source(xq.to(device)).float().cpu()
     q_model, scores = match(fr, fq, ref_model[None], xr.shape[-2:], query_size=xq.shape[-2:])
     q_pts = (q_model[0] - oq) / sq
     result = {"model": spec, "input_size": side, "ref": args.ref, "query": args.query, "ref_points": points,
@@ -246,7 +258,7 @@ def benchmark(args) -> dict:
     from common.probe import probe_all
     specs = resolve_model(args, real=args.dataset != "synthetic")
     reduced = [check_source(spec, args.hypercolumn_from) in ("pca", "nmf") for spec in specs]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     sources = {spec: load_source(spec).to(device) for spec, r in zip(specs, reduced) if not r}
     owners = list(sources.values()) + ([load_model(args.hypercolumn_from)] if any(reduced) else [])
     size = args.size or max(s.input_size for s in owners)     # one size for all: the pixel columns compare

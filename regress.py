@@ -358,7 +358,7 @@ def load_data(args) -> dict:
 def main(args) -> dict:
     out = Path(args.output_dir)
     check_args(args)
-    accelerator = make_accelerator("no", 1, "none", out)
+    accelerator, _ = make_accelerator("no", 1, "none", out)
     if not args.resume:
         prepare_output(out, False, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()

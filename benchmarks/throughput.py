@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/throughput.py --stage 1 --arch resnet18 --size 64 --batch 64 --baseline
     .venv/bin/python benchmarks/throughput.py --stage 2 --arch resnet18 --size 64 --batch 32 --baseline
-    python benchmarks/throughput.py --stage 1 --arch resnet50 --size 96 --batch 256 --mixed_precision bf16 --baseline
+    python benchmarks/throughput.py --stage 1 --arch resnet50 --size 96 --batch 256 --baseline
+
+The precision is the scripts' default, --mixed_precision auto (common.precision: bf16 where the device computes it
+fast); the baseline always runs in fp32, as the usual pipeline does.
 
 Ours is what the scripts run: the uint8 tensor cache (synthetic faces, rendered here) -> a batch of rows ->
 the device (the scripts' local_batch: pinned, non-blocking) -> both views augmented there in batch -> the
@@ -41,10 +44,11 @@ from common.data.cache import TensorCache  # noqa: E402
 from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
 from common.losses import auto_chunk  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
+from common.precision import PRECISIONS, device_type, run_precision  # noqa: E402
 from common.training import local_batch, make_accelerator  # noqa: E402
 
 
-def get_args() -> argparse.Namespace:
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, default=1, choices=[1, 2])
     parser.add_argument("--arch", default="resnet18")
@@ -54,14 +58,17 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup steps)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--images", type=int, default=512, help="distinct images in the cache and the JPEG folder")
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--mixed_precision", default="auto", choices=PRECISIONS,
+                        help="our step's precision (default auto, as the scripts); the baseline is fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (measure before using)")
     parser.add_argument("--proj_hidden", type=int, default=4096, help="stage 1 projector width")
     parser.add_argument("--baseline", action="store_true", help="also time the usual pipeline, same model and batch")
     parser.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: all cores)")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="also run our step this many times under torch.profiler and print where its time goes")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's peak in the step's precision (default: measured on a matrix product)")
-    b = parser.parse_args()
+    b = parser.parse_args(argv)
     b.image_size = b.image_size or round(b.size * 4 / 3)
     return b
 
@@ -116,16 +123,16 @@ def script_args(b, extra: list[str]):
     if b.stage == 1:
         return byol_pretrain.get_args_parser().parse_args(
             ["--arch", b.arch, "--crop_size", str(b.size), "--batch_size", str(b.batch), "--max_steps", "1000",
-             "--mixed_precision", b.mixed_precision, "--proj_hidden", str(b.proj_hidden)] + extra)
+             "--mixed_precision", b.precision, "--proj_hidden", str(b.proj_hidden)] + extra)
     return dense_distill.get_args_parser().parse_args(
         ["--init_from", "unused", "--crop_size", str(b.size), "--batch_size", str(b.batch), "--max_steps", "1000",
-         "--mixed_precision", b.mixed_precision] + extra)
+         "--mixed_precision", b.precision] + extra)
 
 
 def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
     """The step the stage's script runs, fed as its loop feeds it (common.training.local_batch on a tensor
     cache held in memory). Returns step(i) and the device."""
-    accelerator = make_accelerator(b.mixed_precision, 1)
+    accelerator, _ = make_accelerator(b.precision, 1)
     dev = accelerator.device
     n = len(cache)
     rows = TensorCache(Path("."), {"images": cache.numpy(), "landmarks": np.zeros((n, 0, 2), np.float32),
@@ -238,43 +245,73 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
     return step, dev, workers, loader
 
 
-def report(name: str, b, seconds: float, flops: int, peak: float, dev, memory: float) -> float:
-    rate = b.steps * b.batch / seconds
+def profile(step, steps: int, dev: torch.device, rows: int = 20) -> str:
+    """The operators our step spends its time in (self time, the device's where it has one), over `steps` steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for i in range(steps):
+            step(1000 + i)
+        sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def figures(b, seconds: float, flops: int, peak: float, memory: float) -> dict:
     achieved = flops * b.steps / seconds / 1e12
-    unit = "pairs/s" if b.stage == 1 else "images/s"
-    print(f"{name:9s} {rate:9.1f} {unit}  {seconds / b.steps * 1e3:7.0f} ms/step  {achieved:8.3f} TFLOP/s "
-          f"({100 * achieved / peak:5.1f} % of {peak:.3g})  peak memory {memory:.2f} GiB ({dev})")
-    return rate
+    return {"rate": b.steps * b.batch / seconds, "ms_per_step": seconds / b.steps * 1e3, "tflops": achieved,
+            "peak_tflops": peak, "peak_share": achieved / peak, "memory_gib": memory}
 
 
-def main() -> None:
-    b = get_args()
-    print(f"stage {b.stage}, {b.arch}, views {b.size} px from {b.image_size} px, batch {b.batch}, "
-          f"{b.mixed_precision}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+def line(name: str, stage: int, f: dict, dev) -> str:
+    unit = "pairs/s" if stage == 1 else "images/s"
+    return (f"{name:9s} {f['rate']:9.1f} {unit}  {f['ms_per_step']:7.0f} ms/step  {f['tflops']:8.3f} TFLOP/s "
+            f"({100 * f['peak_share']:5.1f} % of {f['peak_tflops']:.3g})  "
+            f"peak memory {f['memory_gib']:.2f} GiB ({dev})")
+
+
+def measure(b, say=print) -> dict:
+    """Time our step (and with b.baseline the usual one); {"ours": figures, "baseline": figures or None, ...}."""
+    b.precision, reason = run_precision(b.mixed_precision, device_type())
+    say(f"stage {b.stage}, {b.arch}, views {b.size} px from {b.image_size} px, batch {b.batch}, "
+        f"{b.precision} ({reason}), {torch.get_num_threads()} threads, torch {torch.__version__}")
     cache = render_uint8(sample_params(SyntheticSpec("pretrain", b.images, size=b.image_size)), b.image_size)
     teacher = ResNetEncoder(b.arch, input_size=b.size) if b.stage == 2 else None
     step, dev = ours(b, cache, teacher)
     flops = count_flops(step, 0)
-    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[b.mixed_precision]
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[b.precision]
     peak = b.peak_tflops or matmul_peak_tflops(dev, dtype)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    print(f"model FLOPs per step {flops / 1e9:.1f} G ({flops / b.batch / 1e9:.2f} G per sample); "
-          f"device peak {peak:.3g} TFLOP/s ({'given' if b.peak_tflops else 'measured, matrix product'}, {dtype})")
-    rate = report("ours", b, timed(step, b.steps, b.warmup, dev), flops, peak, dev, peak_memory_gib(dev))
+    say(f"model FLOPs per step {flops / 1e9:.1f} G ({flops / b.batch / 1e9:.2f} G per sample); "
+        f"device peak {peak:.3g} TFLOP/s ({'given' if b.peak_tflops else 'measured, matrix product'}, {dtype})")
+    result = {"precision": b.precision, "flops_per_sample": flops / b.batch, "device": str(dev), "baseline": None,
+              "ours": figures(b, timed(step, b.steps, b.warmup, dev), flops, peak, peak_memory_gib(dev))}
+    say(line("ours", b.stage, result["ours"], dev))
+    if b.profile:
+        say(profile(step, b.profile, dev))
     if not b.baseline:
-        return
+        return result
     fp32_peak = b.peak_tflops if dtype == torch.float32 else matmul_peak_tflops(dev, torch.float32)
+    del step                                     # ours' model and optimiser: not in the baseline's peak memory
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(cache, Path(tmp))
         if dev.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         step, dev, workers, loader = baseline(b, files, teacher)
         seconds = timed(step, b.steps, b.warmup, dev)
-        slow = report("baseline", b, seconds, flops, fp32_peak or peak, dev, peak_memory_gib(dev))
+        result["baseline"] = figures(b, seconds, flops, fp32_peak or peak, peak_memory_gib(dev))
         del loader
-    print(f"ours / baseline: {rate / slow:.2f}x  (baseline: JPEG + PIL + torchvision v2 per sample, "
-          f"{workers} DataLoader workers, fp32, NCHW)")
+    say(line("baseline", b.stage, result["baseline"], dev))
+    say(f"ours / baseline: {result['ours']['rate'] / result['baseline']['rate']:.2f}x  (baseline: JPEG + PIL + "
+        f"torchvision v2 per sample, {workers} DataLoader workers, fp32, NCHW)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return measure(get_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from .checkpoint import load_state, save_state
 from .data.images import DataError
 from .hub import hub_args, push_to_hub
+from .precision import PRECISIONS, device_type, run_precision
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -54,7 +55,9 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
     g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    g.add_argument("--mixed_precision", default="auto", choices=PRECISIONS,
+                   help="auto (default): bf16 where the device computes it fast (a CUDA GPU with bf16; a CPU where a "
+                        "short probe finds bf16 faster), else fp32 (no); the choice and its reason go to args.json")
     g.add_argument("--grad_accum", type=at_least(1), default=1,
                    help="accumulate gradients over this many steps (each of --batch_size) per optimiser update; "
                         "--max_steps, the schedules and the lr scaling count steps, not updates")
@@ -116,9 +119,11 @@ def local_batch(cache, batch_size: int, step: int, seed: int, accelerator) -> to
     return images.to(accelerator.device, non_blocking=True)
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "none", project_dir=None):
-    """The Accelerator, with Accelerate's experiment tracker `report_to` (an optional package).
-    Under torchrun on a machine without CUDA, Accelerate only forms a process group (gloo,
+def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "none", project_dir=None,
+                     resumed: Path | None = None):
+    """(the Accelerator, the reason for its precision). `mixed_precision` may be auto (common.precision); a run
+    resumed from `resumed` keeps its precision. With Accelerate's experiment tracker `report_to` (an optional
+    package). Under torchrun on a machine without CUDA, Accelerate only forms a process group (gloo,
     MULTI_CPU) when told it runs on the CPU, so say so there."""
     from accelerate import Accelerator
     from accelerate.utils import is_tensorboard_available, is_wandb_available
@@ -127,11 +132,23 @@ def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "no
     if not available[report_to]:
         raise DataError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}")
     cpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+    if resumed is not None and not (resumed / "args.json").is_file():
+        resumed = None                                  # check_resume_args says there is nothing to resume
+    precision, reason = run_precision(mixed_precision, "cpu" if cpu else device_type(), resumed)
     # step_scheduler_with_optimizer=False: our schedules count global steps; Accelerate would otherwise
     # step them once per process
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       step_scheduler_with_optimizer=False, project_dir=project_dir,
-                       log_with=None if report_to == "none" else report_to)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum,
+                              step_scheduler_with_optimizer=False, project_dir=project_dir,
+                              log_with=None if report_to == "none" else report_to)
+    logging.getLogger("lead").info("precision: %s (%s)", "fp32" if precision == "no" else precision, reason)
+    return accelerator, reason
+
+
+def precision_line(args) -> str:
+    """The precision a run trained in and why, for its model card (runs from before `auto` recorded neither)."""
+    precision = getattr(args, "precision", args.mixed_precision)
+    reason = getattr(args, "precision_reason", None)
+    return ("fp32" if precision == "no" else precision) + (f" ({reason})" if reason else "")
 
 
 def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
@@ -150,7 +167,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
 # flags that change nothing a run computes: a resumed run may give them other values
 FREE_ON_RESUME = {"resume", "overwrite", "exit_after_steps", "log_every", "checkpoint_every",
                   "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id", "hub_private",
-                  "data_workers", "probe_pairs", "eval_every", "argv"}
+                  "data_workers", "probe_pairs", "eval_every", "argv",
+                  "mixed_precision", "precision", "precision_reason"}     # make_accelerator checks the precision
 
 
 def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME, parser=None) -> None:

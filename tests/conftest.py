@@ -10,6 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(int(os.environ.get("LEAD_TEST_THREADS", "2")))
 datasets.disable_progress_bars()
+# --mixed_precision auto in fp32, as on a CPU without fast bf16, whatever this machine's CPU: the same figures on
+# every machine, and subprocesses agree (tests/test_precision.py measures the probe itself)
+os.environ["LEAD_CPU_BF16"] = "0"
 
 
 @pytest.fixture

@@ -120,14 +120,18 @@ def test_stage_2_loss_in_bf16_is_close_to_fp32():
 
 
 @pytest.mark.parametrize("stage", ["1", "2"])
-def test_throughput_benchmark_runs_against_its_baseline(stage, monkeypatch, capsys):
+def test_throughput_benchmark_runs_against_its_baseline(stage, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import throughput
-    monkeypatch.setattr(sys, "argv", ["throughput.py", "--stage", stage, "--size", "32", "--batch", "4", "--steps", "1",
-                                      "--warmup", "1", "--images", "8", "--proj_hidden", "32", "--baseline",
-                                      "--workers", "0", "--peak_tflops", "1"])
-    throughput.main()
+    got = throughput.main(["--stage", stage, "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1",
+                           "--images", "8", "--proj_hidden", "32", "--baseline", "--workers", "0", "--peak_tflops", "1",
+                           "--profile", "1"])
     out = capsys.readouterr().out
+    assert got["precision"] == "no"                            # auto, as the tests' LEAD_CPU_BF16=0 answers
+    for kind in ("ours", "baseline"):
+        f = got[kind]
+        assert f["rate"] == pytest.approx(4 / (f["ms_per_step"] / 1e3)) and f["peak_share"] == f["tflops"] / 1
     assert "ours" in out and "baseline" in out and "ours / baseline:" in out
+    assert "Self CPU" in out and "convolution" in out                  # --profile: where the step's time goes
     flops = float(out.split("model FLOPs per step ")[1].split(" G")[0])
     assert flops > 0

@@ -107,7 +107,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, models, monkeypatch):
              (["--ref", a, "--query", a, "--ref_points", "10;x"], "expected"),
              (["--ref", a, "--query", a, "--ref_points_file", tmp_path / "bad.json"], "must be a non-empty list"),
              (["--ref", a, "--query", a, "--heatmap", "30"], "--heatmap 30"),
-             (["--ref", a, "--query", a, "--model", tmp_path / "empty"], "not a model folder")]
+             (["--ref", a, "--query", a, "--model", tmp_path / "empty"], "not a model folder"),
+             (["--ref", a, "--query", a, "--device", "cuda"], "--device cuda: torch .* sees no CUDA device")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv, message in cases:
         argv = argv if "--model" in argv else [*argv, "--model", models / "s1"]
         with pytest.raises(DataError, match=message):

@@ -57,6 +57,8 @@ def classify(line: str):
         return "skip", "the test command"
     if argv[1:2] == ["benchmarks/throughput.py"]:
         return "skip", "tests/test_fast_pipeline.py runs it at toy size"
+    if argv[1:2] == ["benchmarks/gpu_check.py"]:
+        return "skip", "tests/test_gpu_check.py runs its dry run"
     at = next((i for i, a in enumerate(argv) if a in SCRIPTS), None)
     assert at is not None, f"README command with no known script: {line}"
     module, launcher = argv[at].removesuffix(".py"), argv[:at]
