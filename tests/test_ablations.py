@@ -158,6 +158,7 @@ def test_cl_trains_contrastlandmarks_linear_projector(cache_dir, tmp_path, teach
     assert len(losses_of(tmp_path / "cl")) == 2
 
 
+@pytest.mark.slow
 def test_the_quick_study_runs_every_kind_of_cell_and_reports_them(cache_dir, tmp_path, monkeypatch):
     """experiments/ablations.py --scale quick: every training and evaluation cell, tiny; the report's figures are
     the runs' own, published with its pictures; run again, every finished run is kept."""

@@ -34,6 +34,7 @@ def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "args.json").read_text())["arch"] == "resnet18"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer, objective", [("adam", "byol"), ("lars", "byol"), ("adam", "moco")])
 def test_resume_continues_exactly(cache_dir, tmp_path, optimizer, objective):
     """moco: the queue of keys is restored too (a fresh one would change the negatives of steps 3-4)."""
@@ -81,6 +82,7 @@ def _delta(folder, init):
     return torch.cat([(w[k].float() - init[k].float()).flatten() for k in sorted(w) if "num_batches" not in k])
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_same_step_as_one(cache_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo) and one process with the same global batch take the same
     SGD step (BatchNorm on running statistics, so per-process batch statistics do not differ); a run
@@ -109,6 +111,7 @@ def test_two_processes_take_the_same_step_as_one(cache_dir, tmp_path):
     assert (other - one).norm() / one.norm() > 0.5
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_the_script(cache_dir, tmp_path):
     import subprocess
     import sys

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -32,6 +33,7 @@ def losses(folder):
     return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_the_report_then_reuses_and_resumes(tmp_path):
     demo(tmp_path)
     out = tmp_path / "demo"
@@ -67,6 +69,7 @@ def test_quick_demo_writes_the_report_then_reuses_and_resumes(tmp_path):
     assert (out / "distill" / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     """`bash demo.sh --real DIR --quick` on small copies of MTFL, an image folder and AFW in their exact layouts
     (textured images): every stage runs, report.md has the goals, both matching tables and the paper's AFLW_M row."""

@@ -124,6 +124,7 @@ def test_init_from_must_be_a_stage_1_model(cache_dir, tmp_path, teacher):
             run(teacher, tmp_path / "c", "--max_steps", "1", "--chunk", bad)
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_the_script(cache_dir, tmp_path, teacher):
     import subprocess
     import sys

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import byol_pretrain
@@ -48,6 +49,7 @@ def torchrun(nodes: list[list[str]], args: list[str]):
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in errors]
 
 
+@pytest.mark.slow
 def test_two_nodes_follow_the_loss_curve_of_one_process(cache_dir, tmp_path):
     port = free_port()
     nodes = [["--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
@@ -60,6 +62,7 @@ def test_two_nodes_follow_the_loss_curve_of_one_process(cache_dir, tmp_path):
     assert abs(one[-1] - one[0]) > 100 * TOLERANCE * abs(one[0])        # the curve moves: a real comparison
 
 
+@pytest.mark.slow
 def test_stage_2_on_two_processes_follows_the_loss_curve_of_one(cache_dir, tmp_path, teacher):
     """The first step agrees to rounding (the student's convolutions on 4 images instead of 8 round
     differently, ~4e-6); Adam then amplifies that rounding in parameters whose gradient is near zero, by

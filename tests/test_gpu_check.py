@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_passes_every_check_and_prints_the_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LEAD_CACHE", str(tmp_path / "outer_cache"))
     assert gpu_check.main(["--dry_run", "--json", str(tmp_path / "gpu.json")]) == 0

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 import prepare_data
@@ -22,6 +23,7 @@ def test_prepares_splits_and_draws_the_sample_grid(cache_dir, tmp_path):
     assert len(list((cache_dir / "synthetic").iterdir())) == 2 + 2   # two splits, each with a lock file
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
     res = subprocess.run([sys.executable, "prepare_data.py", "--dataset", "mafl", "--data_dir", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, env={"LEAD_CACHE": str(tmp_path), "PATH": ""})

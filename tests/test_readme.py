@@ -109,6 +109,7 @@ def run_torchrun(group: list[tuple], cwd, env):
         assert p.returncode == 0, out[-3000:]
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(cache_dir, tmp_path, monkeypatch, fake_hub):
     from huggingface_hub import constants
     from accelerate.state import AcceleratorState

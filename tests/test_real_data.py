@@ -10,10 +10,12 @@ import pytest
 from conftest import ROOT
 
 DATA = Path(os.environ.get("LEAD_REAL_DATA", ROOT.parent / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not (DATA / "mtfl" / "training.txt").is_file(),
-                                reason=f"no real face data at {DATA} (set LEAD_REAL_DATA to its folder)")
+pytestmark = [pytest.mark.realdata,
+              pytest.mark.skipif(not (DATA / "mtfl" / "training.txt").is_file(),
+                                 reason=f"no real face data at {DATA} (set LEAD_REAL_DATA to its folder)")]
 
 
+@pytest.mark.slow
 def test_reader_counts_and_exact_points():
     from common.data.readers import read_imagefolder, read_mtfl, read_ptsfolder
     mtfl = {split: read_mtfl(DATA / "mtfl", split) for split in ("pretrain", "train", "val", "test")}
@@ -33,6 +35,7 @@ def test_reader_counts_and_exact_points():
     np.testing.assert_allclose(afw[0]["landmarks"][0], [159.994, 188.330], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_four_steps_of_each_stage_on_real_photos(cache_dir, tmp_path):
     import byol_pretrain
     import dense_distill

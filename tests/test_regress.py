@@ -230,6 +230,7 @@ def test_user_errors_are_one_line(cache_dir, tmp_path, capsys):
         regress.main(parse("--output_dir", str(tmp_path / "e"), "--resume", "--lr", "0.1"))
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_runs_and_agree_with_one(cache_dir, tmp_path):
     import subprocess
     import sys

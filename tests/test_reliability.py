@@ -41,6 +41,7 @@ def assert_same(a: dict, b: dict):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["byol_pretrain.py", "dense_distill.py"])
 def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(cache_dir, tmp_path, teacher, script):
     module, flags = stage(script, teacher)
@@ -61,6 +62,7 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(c
     assert_same(weights(tmp_path / "straight"), weights(killed))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_is_never_taken_as_the_latest(cache_dir, tmp_path):
     flags = STAGE1 + ["--max_steps", "4", "--checkpoint_every", "2"]
     byol_pretrain.main(byol_pretrain.get_args_parser().parse_args(flags + ["--output_dir", str(tmp_path / "a")]))
@@ -127,6 +129,7 @@ def one_line_error(call, match: str):
     assert "\n" not in str(e.value), str(e.value)
 
 
+@pytest.mark.slow
 def test_wrong_inputs_are_one_line_errors_and_touch_nothing(cache_dir, tmp_path, teacher):
     import json
 
