@@ -41,6 +41,7 @@ import dense_distill  # noqa: E402
 import match  # noqa: E402
 import regress  # noqa: E402
 import throughput  # noqa: E402
+from common.precision import precision_name  # noqa: E402
 
 CELEBA_TRAIN = 162_770                     # CelebA's training split, the paper's pretraining set
 PAPER_EPOCHS = (200, 20)                   # stage 1 (BYOL), stage 2 (LEAD)
@@ -123,7 +124,7 @@ def train_and_resume(module, argv: list[str], out: Path) -> tuple[bool, str]:
     precision = json.loads((out / "straight" / "args.json").read_text())["precision"]
     finite = all(math.isfinite(v) for v in losses)
     gap = weights_gap(out / "straight", out / "split")
-    detail = (f"{'fp32' if precision == 'no' else precision}, losses {losses[0]:.3f} -> {losses[-1]:.3f}, "
+    detail = (f"{precision_name(precision)}, losses {losses[0]:.3f} -> {losses[-1]:.3f}, "
               f"resumed weights differ by {gap:.2g}")
     if gap == 0 or not finite:
         return finite and gap == 0, detail

@@ -23,6 +23,11 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 MIN_SPEEDUP = 1.2          # bf16 must win clearly: a tie is not worth its rounding
 
 
+def precision_name(precision: str) -> str:
+    """A precision as people say it: Accelerate's "no" is fp32."""
+    return "fp32" if precision == "no" else precision
+
+
 def _block_seconds(bf16: bool, repeats: int, budget_s: float = 2.0) -> float:
     """Best time of one forward + backward pass of a conv-BN-ReLU block (batch 8, 64 channels, 32 x 32,
     channels-last, as the training steps run). Stops early once `budget_s` is spent: a slow bf16 shows at once."""

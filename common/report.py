@@ -199,10 +199,11 @@ def training_line(out: Path) -> str:
     parts = []
     for stage, name in (("byol", "stage 1"), ("distill", "stage 2")):
         if (a := read(out / stage / "args.json")) is not None:
+            from .precision import precision_name
             precision = a.get("precision", a.get("mixed_precision", "no"))
             net = f"{a['arch']}, " if "arch" in a else ""
             parts.append(f"{name} {net}{a['max_steps']:,} steps of {a['batch_size']} images at {a['crop_size']} px "
-                         f"({'fp32' if precision == 'no' else precision})")
+                         f"({precision_name(precision)})")
     return "Trained: " + "; ".join(parts) + "." if parts else ""
 
 

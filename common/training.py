@@ -17,7 +17,7 @@ import torch
 from .checkpoint import load_state, save_state
 from .data.images import DataError
 from .hub import hub_args, push_to_hub
-from .precision import PRECISIONS, device_type, run_precision
+from .precision import PRECISIONS, device_type, precision_name, run_precision
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -140,7 +140,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "no
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum,
                               step_scheduler_with_optimizer=False, project_dir=project_dir,
                               log_with=None if report_to == "none" else report_to)
-    logging.getLogger("lead").info("precision: %s (%s)", "fp32" if precision == "no" else precision, reason)
+    logging.getLogger("lead").info("precision: %s (%s)", precision_name(precision), reason)
     return accelerator, reason
 
 
@@ -148,7 +148,7 @@ def precision_line(args) -> str:
     """The precision a run trained in and why, for its model card (runs from before `auto` recorded neither)."""
     precision = getattr(args, "precision", args.mixed_precision)
     reason = getattr(args, "precision_reason", None)
-    return ("fp32" if precision == "no" else precision) + (f" ({reason})" if reason else "")
+    return precision_name(precision) + (f" ({reason})" if reason else "")
 
 
 def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
