@@ -2,8 +2,8 @@
 and in fp32 elsewhere; fp16 is never chosen for the user (it needs a loss scale and overflows where bf16 does not).
 
 - CUDA: bf16 where the GPU computes it natively (Ampere and later; not where torch only emulates it), else fp32.
-- CPU: a short measured probe, because the flags do not tell: a CPU with AMX computes bf16 convolutions about twice
-  as fast as fp32, while one without it (AMD EPYC, even with `avx512_bf16`) can be a hundred times slower. The probe
+- CPU: a short measured probe, because the model name does not tell: an AMD EPYC with `avx512_bf16` ran the
+  stage-1 step 1.6x faster in bf16, an earlier EPYC without bf16 arithmetic about ten times slower. The probe
   times the forward and backward pass of a small convolution block, the bulk of a training step, in both
   precisions, and takes bf16 only where it is at least MIN_SPEEDUP times faster. LEAD_CPU_BF16=1 (or 0) gives
   its answer without measuring: for processes that must agree, or a machine busy with other work.
@@ -26,6 +26,11 @@ MIN_SPEEDUP = 1.2          # bf16 must win clearly: a tie is not worth its round
 def precision_name(precision: str) -> str:
     """A precision as people say it: Accelerate's "no" is fp32."""
     return "fp32" if precision == "no" else precision
+
+
+def recorded_precision(saved: dict) -> str:
+    """The precision a run's args.json says it trained in (folders from before `auto` have only mixed_precision)."""
+    return saved.get("precision", saved.get("mixed_precision", "no"))
 
 
 def _block_seconds(bf16: bool, repeats: int, budget_s: float = 2.0) -> float:
@@ -89,7 +94,7 @@ def run_precision(requested: str, device_type: str, resumed: Path | None = None)
     A resumed run (`resumed`: its folder) keeps the precision it began with; asking for another is an error."""
     if resumed is not None:
         before = json.loads((resumed / "args.json").read_text())
-        began = before.get("precision", before.get("mixed_precision", "no"))   # folders from before `auto`
+        began = recorded_precision(before)
         if requested not in ("auto", began):
             raise DataError(f"--resume with --mixed_precision {requested}: {resumed} began in {began}; resume "
                             "with auto or that value")

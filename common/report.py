@@ -196,14 +196,13 @@ PAPER_AFLW_M = {"LEAD": 6.23, "ContrastLandmark": 6.99, "DVE": 7.53}
 
 def training_line(out: Path) -> str:
     """What stages 1 and 2 ran, from their args.json: network, views, steps, batch, precision."""
+    from .precision import precision_name, recorded_precision
     parts = []
     for stage, name in (("byol", "stage 1"), ("distill", "stage 2")):
         if (a := read(out / stage / "args.json")) is not None:
-            from .precision import precision_name
-            precision = a.get("precision", a.get("mixed_precision", "no"))
             net = f"{a['arch']}, " if "arch" in a else ""
             parts.append(f"{name} {net}{a['max_steps']:,} steps of {a['batch_size']} images at {a['crop_size']} px "
-                         f"({precision_name(precision)})")
+                         f"({precision_name(recorded_precision(a))})")
     return "Trained: " + "; ".join(parts) + "." if parts else ""
 
 
