@@ -24,7 +24,8 @@ from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
 from common.cli import run
-from common.data import DataError, at_least, data_args, load_tensors
+from common.data import at_least, data_args, load_tensors
+from common.errors import UserError
 from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
 from common.hub import check_hub, data_line, model_ref
@@ -278,7 +279,7 @@ def model_card(args, out: Path, probe_result: dict, steps: int, probe_on: str | 
 def main(args) -> dict:
     out = Path(args.output_dir)
     if args.dve_weight and "pixel" not in args.objective:
-        raise DataError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
+        raise UserError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
                         f"byol+pixel, got {args.objective}")
     check_hub(args, "lead-byol")
     accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,

@@ -26,7 +26,8 @@ from einops import rearrange
 
 from common.augment import make_views, view_configs
 from common.cli import run
-from common.data import DataError, at_least, data_args, load_tensors
+from common.data import at_least, data_args, load_tensors
+from common.errors import UserError
 from common.features import check_source, load_model
 from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
@@ -95,10 +96,10 @@ def load_teacher(source: str) -> ResNetEncoder:
     """Φ_G from a stage-1 final/ (or Hub id); anything else is a one-line error (common.features decides)."""
     try:
         kind = check_source(source)
-    except DataError as e:
-        raise DataError(f"--init_from {source}: not a stage-1 model ({e})") from None
+    except UserError as e:
+        raise UserError(f"--init_from {source}: not a stage-1 model ({e})") from None
     if kind != "hypercolumn":
-        raise DataError(f"--init_from {source}: not a stage-1 model (a {kind} model)")
+        raise UserError(f"--init_from {source}: not a stage-1 model (a {kind} model)")
     return load_model(source).encoder
 
 
@@ -245,12 +246,12 @@ def main(args) -> dict:
     out = Path(args.output_dir)
     check_hub(args, "lead-64")
     if args.keep_frozen and not args.unfreeze_encoder:
-        raise DataError("--keep_frozen applies to a trained encoder: add --unfreeze_encoder")
+        raise UserError("--keep_frozen applies to a trained encoder: add --unfreeze_encoder")
     if args.dve_channels and (args.objective != "lead+dve" or not 0 < args.dve_channels < args.feature_dim):
-        raise DataError(f"--dve_channels splits the features between LEAD and DVE: it needs --objective lead+dve "
+        raise UserError(f"--dve_channels splits the features between LEAD and DVE: it needs --objective lead+dve "
                         f"and 0 < K < --feature_dim ({args.feature_dim}), got {args.dve_channels}")
     if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
-        raise DataError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
+        raise UserError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
     teacher = load_teacher(args.init_from)
     accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,
                                                           resumed=out if args.resume else None)
@@ -265,7 +266,7 @@ def main(args) -> dict:
     check_batch(args.batch_size, accelerator.num_processes, len(cache))
     if (args.pairs != "views" or "dve" in args.objective) and args.batch_size // accelerator.num_processes < 2:
         what = f"--objective {args.objective}" if "dve" in args.objective else f"--pairs {args.pairs}"
-        raise DataError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
+        raise UserError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm

@@ -61,8 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fail(message: str):
-    from common.imageio import DataError
-    raise DataError(message)
+    from common.errors import UserError
+    raise UserError(message)
 
 
 def read_points(args, width: int, height: int, box=None) -> list[list[float]]:

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import run
-from common.data import DataError, at_least, data_args, load_tensors, synthetic
+from common.data import at_least, data_args, load_tensors, synthetic
+from common.errors import UserError
 from common.viz import landmark_grid
 
 logger = logging.getLogger("lead")
@@ -40,7 +41,7 @@ def main(args) -> dict:
     splits = (args.splits or (",".join(synthetic.SPLITS) if args.dataset == "synthetic" else "train,test")).split(",")
     shown = args.preview_split or splits[0]
     if shown not in splits:
-        raise DataError(f"--preview_split {shown} is not among --splits {','.join(splits)}")
+        raise UserError(f"--preview_split {shown} is not among --splits {','.join(splits)}")
     table = Table("split", "images", "size", "skipped", "seconds", title=f"{args.dataset} data")
     caches = {}
     for split in splits:

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import run
-from common.data import DataError, at_least, data_args, describe, load_tensors, zoom_range
+from common.data import at_least, data_args, describe, load_tensors, zoom_range
+from common.errors import UserError
 from common.features import FeatureStore, check_source, eval_crops, load_source
 from common.files import write_json
 from common.metrics import EYES, inter_ocular, iod_error
@@ -89,9 +90,9 @@ def load_eval_split(args, split: str) -> dict:
     """A split as the protocol's crops: images uint8 [N, 3, crop, crop], landmarks [N, K, 2], visible [N, K]."""
     cache = load_tensors(args, split)
     if len(cache) == 0:
-        raise DataError(f"the {split} split is empty")
+        raise UserError(f"the {split} split is empty")
     if cache.landmarks.shape[1] == 0:
-        raise DataError(f"--dataset {args.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
+        raise UserError(f"--dataset {args.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
                         "data set")
     parts = []
     for s in range(0, len(cache), 256):                          # bounded memory on large sets
@@ -126,9 +127,9 @@ class Scorer:
         self.metric = args.metric if args.metric != "auto" else "pck" if args.dataset == "cub" else "iod"
         self.eyes = tuple(args.eye_idx) if args.eye_idx else None
         if self.eyes and not all(0 <= i < num_points for i in self.eyes):
-            raise DataError(f"--eye_idx {args.eye_idx[0]} {args.eye_idx[1]}: the data has points 0-{num_points - 1}")
+            raise UserError(f"--eye_idx {args.eye_idx[0]} {args.eye_idx[1]}: the data has points 0-{num_points - 1}")
         if self.metric == "iod" and self.eyes is None and num_points not in EYES:
-            raise DataError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
+            raise UserError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
         self.threshold = args.pck_alpha * args.crop
 
     def __call__(self, pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor) -> tuple[float, list[float]]:
@@ -329,14 +330,14 @@ def check_args(args) -> None:
     out = Path(args.output_dir)
     check_hub(args, "lead-regressor")
     if args.resize < args.crop:
-        raise DataError(f"--crop {args.crop} is larger than --resize {args.resize}")
+        raise UserError(f"--crop {args.crop} is larger than --resize {args.resize}")
     if args.dataset == "imagefolder":
-        raise DataError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
+        raise UserError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
                         "(synthetic, celeba, mafl, aflw_m, aflw_r, 300w or cub)")
     if args.test_zoom_out and args.score_split != "test":
-        raise DataError("--test_zoom_out changes the test split, which --score_split val does not read")
+        raise UserError("--test_zoom_out changes the test split, which --score_split val does not read")
     if args.test_zoom_out and (args.dataset != "synthetic" or args.variant != "unaligned"):
-        raise DataError("--test_zoom_out applies to --dataset synthetic --variant unaligned (zoomed-out faces)")
+        raise UserError("--test_zoom_out applies to --dataset synthetic --variant unaligned (zoomed-out faces)")
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
@@ -351,7 +352,7 @@ def load_data(args) -> dict:
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)
     if len(data["train"]["images"]) == 0:
-        raise DataError("no training image is left once the validation images are taken out")
+        raise UserError("no training image is left once the validation images are taken out")
     return data
 
 

@@ -1,1 +1,1 @@
-"""Shared pieces of the LEAD pipeline: data, augmentation, metrics (and, later, models and losses)."""
+"""Shared pieces of the LEAD pipeline: data, augmentation, models, losses, training, metrics, the Hub."""

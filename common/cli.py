@@ -7,7 +7,7 @@ import sys
 
 from rich.logging import RichHandler
 
-from .imageio import DataError
+from .errors import UserError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -21,11 +21,11 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run(main, parser) -> None:
-    """Parse argv, run main(args); a DataError (a user's mistake) prints one line and exits 2."""
+    """Parse argv, run main(args); a UserError (a user's mistake) prints one line and exits 2."""
     args = parser.parse_args()
     setup_logging()
     try:
         main(args)
-    except DataError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .imageio import DataError
+from .errors import UserError
 from .models import DenseExtractor, ResNetEncoder
 
 logger = logging.getLogger("lead")
@@ -122,13 +122,13 @@ def _config(source: str) -> dict:
     local = Path(source)
     if local.exists():
         if not (local / "config.json").is_file() or not (local / "model.safetensors").is_file():
-            raise DataError(f"{source}: not a model folder (needs config.json and model.safetensors)")
+            raise UserError(f"{source}: not a model folder (needs config.json and model.safetensors)")
         return json.loads((local / "config.json").read_text())
     try:
         from huggingface_hub import hf_hub_download
         return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
     except Exception as e:
-        raise DataError(f"{source}: no such folder, and not a reachable Hub model ({type(e).__name__})") from None
+        raise UserError(f"{source}: no such folder, and not a reachable Hub model ({type(e).__name__})") from None
 
 
 def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
@@ -137,25 +137,25 @@ def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
     kind, _, k = spec.partition(":")
     if kind in ("pca", "nmf"):
         if not k.isdigit() or int(k) < 1:
-            raise DataError(f"{spec}: expected {kind}:K with K a positive number of components")
+            raise UserError(f"{spec}: expected {kind}:K with K a positive number of components")
         if hypercolumn_from is None:
-            raise DataError(f"{spec} reduces a stage-1 hypercolumn: give it with --hypercolumn_from")
+            raise UserError(f"{spec} reduces a stage-1 hypercolumn: give it with --hypercolumn_from")
         if check_source(hypercolumn_from) not in ("hypercolumn", "random"):
-            raise DataError(f"--hypercolumn_from {hypercolumn_from}: not a stage-1 model or random-ARCH")
+            raise UserError(f"--hypercolumn_from {hypercolumn_from}: not a stage-1 model or random-ARCH")
         return kind
     if spec.startswith("random-"):
         if spec.removeprefix("random-") not in ARCHS:
-            raise DataError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
+            raise UserError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
         return "random"
     config = _config(spec)
     if "num_points" in config:
-        raise DataError(f"{spec}: a landmark regressor (regress.py's final/), not features: give a stage-1 or "
+        raise UserError(f"{spec}: a landmark regressor (regress.py's final/), not features: give a stage-1 or "
                         "stage-2 final/")
     if "feature_dim" in config:
         return "compact"
     if "arch" in config:
         return "hypercolumn"
-    raise DataError(f"{spec}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
+    raise UserError(f"{spec}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
 
 
 def load_model(source: str) -> FeatureSource:
@@ -174,7 +174,7 @@ def load_model(source: str) -> FeatureSource:
         return Hypercolumn(enc, f"hypercolumn-{enc.hypercolumn_dim}")
     except Exception as e:                                    # a config that does not fit its weights
         first = (str(e).strip().splitlines() or [""])[0]      # one line: size mismatches list every tensor
-        raise DataError(f"{source}: cannot load the model ({type(e).__name__}: {first})") from None
+        raise UserError(f"{source}: cannot load the model ({type(e).__name__}: {first})") from None
 
 
 @torch.no_grad()
@@ -201,11 +201,11 @@ def load_source(spec: str, hypercolumn_from: str | None = None, fit_images: torc
     if check_source(spec, hypercolumn_from) not in ("pca", "nmf"):
         return load_model(spec).to(device)
     if fit_images is None:
-        raise DataError(f"{spec} is fitted on the evaluated data set's training images: none were given")
+        raise UserError(f"{spec} is fitted on the evaluated data set's training images: none were given")
     base = load_model(hypercolumn_from).to(device)
     x = sample_rows(base, fit_images.to(device), fit_rows)
     if int(k) > min(x.shape):
-        raise DataError(f"{spec}: K is larger than the {x.shape[1]}-d hypercolumn or the {len(x)} fitted rows")
+        raise UserError(f"{spec}: K is larger than the {x.shape[1]}-d hypercolumn or the {len(x)} fitted rows")
     logger.info("fitting %s on %d hypercolumn rows of %d training images", spec, len(x), len(fit_images))
     if kind == "pca":
         mean, basis = fit_pca(x, int(k))

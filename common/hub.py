@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .imageio import DataError
+from .errors import UserError
 
 
 def hub_args(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +26,11 @@ def check_hub(args, example: str) -> None:
     if not args.push_to_hub:
         return
     if not args.hub_model_id:
-        raise DataError(f"--push_to_hub needs --hub_model_id (e.g. user/{example})")
+        raise UserError(f"--push_to_hub needs --hub_model_id (e.g. user/{example})")
     import huggingface_hub
 
     if not huggingface_hub.get_token():
-        raise DataError("--push_to_hub: no Hugging Face token found; run `huggingface-cli login` "
+        raise UserError("--push_to_hub: no Hugging Face token found; run `huggingface-cli login` "
                         "(or `hf auth login`) or set HF_TOKEN, then start again")
 
 

@@ -1,4 +1,4 @@
-"""Images in, RGB out, and the one-line user error: what every script needs, without the data layer's imports
+"""Images in, RGB out: what every script needs, without the data layer's imports
 (datasets), so that a command-line tool such as match.py starts fast.
 
 Coordinates across the project: (x, y) in pixels, 0-based, at pixel centres (the centre of the
@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import UserError
+
 MIN_SIDE = 8
-
-
-class DataError(Exception):
-    """A problem with the user's data or paths; scripts print it as one line and exit 2."""
 
 
 class BadImage(Exception):
@@ -24,10 +22,10 @@ class BadImage(Exception):
 
 
 def require(path: str | Path, expected: str) -> Path:
-    """Return `path` if it exists, else raise a one-line DataError naming it and what was expected."""
+    """Return `path` if it exists, else raise a one-line UserError naming it and what was expected."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: not found (expected {expected})")
+        raise UserError(f"{path}: not found (expected {expected})")
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .imageio import DataError
+from .errors import UserError
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MIN_SPEEDUP = 1.2          # bf16 must win clearly: a tie is not worth its rounding
@@ -72,7 +72,7 @@ def auto_precision(device_type: str) -> tuple[str, str]:
         forced = os.environ.get("LEAD_CPU_BF16")
         if forced is not None:
             if forced not in ("0", "1"):
-                raise DataError(f"LEAD_CPU_BF16={forced}: 1 (bf16) or 0 (fp32), or unset to measure")
+                raise UserError(f"LEAD_CPU_BF16={forced}: 1 (bf16) or 0 (fp32), or unset to measure")
             return ("bf16", "no")[forced == "0"], f"LEAD_CPU_BF16={forced}"
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
             return "no", "several processes on CPUs do not probe (LEAD_CPU_BF16=1: bf16 for all)"
@@ -96,7 +96,7 @@ def run_precision(requested: str, device_type: str, resumed: Path | None = None)
         before = json.loads((resumed / "args.json").read_text())
         began = recorded_precision(before)
         if requested not in ("auto", began):
-            raise DataError(f"--resume with --mixed_precision {requested}: {resumed} began in {began}; resume "
+            raise UserError(f"--resume with --mixed_precision {requested}: {resumed} began in {began}; resume "
                             "with auto or that value")
         return began, f"{before.get('precision_reason') or '--mixed_precision'}; kept on resume"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")

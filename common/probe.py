@@ -89,12 +89,13 @@ def probe_data(args):
     same --image_size (an image folder, a source without landmarks or without a val split)."""
     import argparse
 
-    from .data import DataError, load_split, load_tensors
+    from .data import load_split, load_tensors
+    from .errors import UserError
     labelled = args.dataset == "synthetic"
     if args.dataset not in ("synthetic", "imagefolder"):    # an image folder has no landmarks: not read again
         try:                                                # the rows first: no cache of images without landmarks
             labelled = "landmarks" in load_split(args, "val").column_names
-        except DataError:                                   # no val split
+        except UserError:                                   # no val split
             pass
     if labelled:
         cache = load_tensors(args, "val")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_state, save_state
-from .data.images import DataError
+from .errors import UserError
 from .hub import hub_args, push_to_hub
 from .precision import PRECISIONS, device_type, precision_name, run_precision
 
@@ -104,7 +104,7 @@ def publish_final(accelerator, out: Path, card: str, args, message: str) -> None
 def check_batch(batch_size: int, processes: int, images: int) -> None:
     """A global batch must split evenly over the processes and fit the data set."""
     if batch_size % processes or batch_size > images:
-        raise DataError(f"--batch_size {batch_size} must divide by {processes} processes "
+        raise UserError(f"--batch_size {batch_size} must divide by {processes} processes "
                         f"and not exceed the {images} images")
 
 
@@ -130,7 +130,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "no
 
     available = {"none": True, "tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
     if not available[report_to]:
-        raise DataError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}")
+        raise UserError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}")
     cpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
     if resumed is not None and not (resumed / "args.json").is_file():
         resumed = None                                  # check_resume_args says there is nothing to resume
@@ -155,9 +155,9 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
     """Refuse to touch a used folder unless --resume (continue) or --overwrite (replace) says so."""
     used = out.exists() and any(out.iterdir())
     if used and not (resume or overwrite):
-        raise DataError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
+        raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
     if resume and not checkpoint_dirs(out):
-        raise DataError(f"{out}: nothing to resume (no finished checkpoint in checkpoints/)")
+        raise UserError(f"{out}: nothing to resume (no finished checkpoint in checkpoints/)")
     if overwrite and used and not resume and is_main:
         shutil.rmtree(out)
     if is_main:
@@ -177,7 +177,7 @@ def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME, parser=None) 
     anything is loaded or written. A flag added to the scripts since that run began (absent from its args.json)
     may keep its default (`parser`'s) or an off value."""
     if not (out / "args.json").is_file():
-        raise DataError(f"{out}: nothing to resume (no args.json)")
+        raise UserError(f"{out}: nothing to resume (no args.json)")
     before = json.loads((out / "args.json").read_text())
     now = json.loads(json.dumps(vars(args), default=str))
 
@@ -186,7 +186,7 @@ def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME, parser=None) 
     added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "", default(k))}
     changed = sorted(k for k in (now.keys() | before.keys()) - free - added if before.get(k) != now.get(k))
     if changed:
-        raise DataError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
+        raise UserError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
                         "--output_dir, or --overwrite")
 
 
@@ -261,7 +261,7 @@ class FiniteGuard:
         first = int(accelerator.gather(self.first[None]).max())        # any process's
         if first >= 0:
             kept = checkpoint_dirs(out)
-            raise DataError(f"the loss was not finite at step {first}: stopped, nothing after it saved (last good "
+            raise UserError(f"the loss was not finite at step {first}: stopped, nothing after it saved (last good "
                             f"checkpoint: {kept[-1] if kept else 'none'}); lower --lr, or use --mixed_precision no")
 
 

@@ -29,7 +29,8 @@ from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.cli import run  # noqa: E402
-from common.data import DataError, at_least, data_args, load_tensors  # noqa: E402
+from common.data import at_least, data_args, load_tensors  # noqa: E402
+from common.errors import UserError
 from common.features import check_source, fit_nmf, load_source, nmf_project  # noqa: E402
 from common.probe import resized  # noqa: E402
 from common.training import prepare_output  # noqa: E402
@@ -70,7 +71,7 @@ def discover(feats: torch.Tensor, k: int, method: str, fit_rows: int, seed: int)
     fit = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:fit_rows]]
     if method == "nmf":
         if (rows < 0).any():
-            raise DataError("nmf factorises non-negative features (a stage-1 hypercolumn): use --method kmeans")
+            raise UserError("nmf factorises non-negative features (a stage-1 hypercolumn): use --method kmeans")
         basis = fit_nmf(fit, k, seed=seed)
         codes = nmf_project(rows, basis)
         info = {"nmf_relative_error": ((rows - codes @ basis).norm() / rows.norm()).item()}

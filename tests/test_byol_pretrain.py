@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import byol_pretrain
-from common.data import DataError
+from common.errors import UserError
 from common.models import ResNetEncoder
 from common.training import ema_momentum, ema_update, warmup_cosine
 
@@ -52,14 +52,14 @@ def test_resume_continues_exactly(cache_dir, tmp_path, optimizer, objective):
 def test_a_used_output_folder_is_refused(cache_dir, tmp_path):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "something").write_text("x")
-    with pytest.raises(DataError, match="--resume to continue that run or --overwrite"):
+    with pytest.raises(UserError, match="--resume to continue that run or --overwrite"):
         run(tmp_path / "used", "--max_steps", "1")
-    with pytest.raises(DataError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         run(tmp_path / "used", "--max_steps", "1", "--resume")
     (tmp_path / "used" / "checkpoints" / ".tmp_step_3").mkdir(parents=True)   # a write that was killed
-    with pytest.raises(DataError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         run(tmp_path / "used", "--max_steps", "1", "--resume")
-    with pytest.raises(DataError, match="--batch_size 64 must divide by 1 processes and not exceed the 40"):
+    with pytest.raises(UserError, match="--batch_size 64 must divide by 1 processes and not exceed the 40"):
         run(tmp_path / "new", "--max_steps", "1", "--batch_size", "64")
 
 
@@ -139,5 +139,5 @@ def test_periodic_probe_and_hub_push_wiring(cache_dir, tmp_path, fake_hub):
     (repo, _, files), = fake_hub.uploads
     final = tmp_path / "run" / "final"
     assert repo == "someone/lead-byol" and files == {p.name: p.read_bytes() for p in final.iterdir()}
-    with pytest.raises(DataError, match="--push_to_hub needs --hub_model_id"):
+    with pytest.raises(UserError, match="--push_to_hub needs --hub_model_id"):
         run(tmp_path / "other", "--max_steps", "1", "--push_to_hub")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import DataError
+from common.errors import UserError
 from common.data.cache import TensorCache, build_from_dataset
 from common.imageio import crop_resize
 from common.data.images import features, records_to_dataset
@@ -78,7 +78,7 @@ def test_build_skips_undecodable_images_and_lists_them(tmp_path):
 
 def test_build_fails_past_the_bad_share(tmp_path):
     ds = _dataset(tmp_path, 3, ["truncated", "header"])
-    with pytest.raises(DataError, match=r"2 of 5 images are bad .*bad0.jpg"):
+    with pytest.raises(UserError, match=r"2 of 5 images are bad .*bad0.jpg"):
         build_from_dataset(ds, tmp_path / "cache", 16, "fixture", max_bad_frac=0.1)
     assert not (tmp_path / "cache").exists()
 

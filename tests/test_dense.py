@@ -10,7 +10,7 @@ from einops import rearrange
 
 import byol_pretrain
 from common.augment import ViewConfig, byol_views, cell_centres, crop_theta, view_correspondence, view_params
-from common.data import DataError
+from common.errors import UserError
 from common.losses import dve_loss, dve_views, pixel_loss
 from common.models import ResNetEncoder, dense_grid
 
@@ -135,7 +135,7 @@ def test_stage_1_dve_term_adds_dve_views_of_the_dense_projections():
 
 def test_stage_1_dve_term_needs_a_pixel_objective(tmp_path):
     args = byol_pretrain.get_args_parser().parse_args(["--dve_weight", "1", "--output_dir", str(tmp_path / "r")])
-    with pytest.raises(DataError, match="--dve_weight adds a term on the dense projections: it needs"):
+    with pytest.raises(UserError, match="--dve_weight adds a term on the dense projections: it needs"):
         byol_pretrain.main(args)
     assert not (tmp_path / "r").exists()
 

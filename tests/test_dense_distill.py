@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import dense_distill
-from common.data import DataError
+from common.errors import UserError
 from common.losses import dve_views, lead_loss
 from common.models import DenseExtractor, ResNetEncoder
 
@@ -60,7 +60,7 @@ def test_unfreeze_encoder_trains_it(cache_dir, tmp_path, teacher):
     for key in ("stem.0.weight", "stem.1.running_mean", "layer1.1.bn2.running_var", "layer1.0.conv2.weight"):
         torch.testing.assert_close(part["encoder." + key], phi_g[key])
     assert not torch.equal(part["encoder.layer2.0.conv1.weight"], phi_g["layer2.0.conv1.weight"])
-    with pytest.raises(DataError, match="--unfreeze_encoder"):
+    with pytest.raises(UserError, match="--unfreeze_encoder"):
         run(teacher, tmp_path / "bad", "--max_steps", "1", "--keep_frozen", "2")
 
 
@@ -114,13 +114,13 @@ def test_pair_modes():
 
 def test_init_from_must_be_a_stage_1_model(cache_dir, tmp_path, teacher):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="not a stage-1 model"):
+    with pytest.raises(UserError, match="not a stage-1 model"):
         run(tmp_path / "empty", tmp_path / "a", "--max_steps", "1")
     DenseExtractor("resnet18", 16, 16).save_pretrained(tmp_path / "stage2")
-    with pytest.raises(DataError, match="not a stage-1 model"):
+    with pytest.raises(UserError, match="not a stage-1 model"):
         run(tmp_path / "stage2", tmp_path / "b", "--max_steps", "1")
     for bad in ("half", "0"):
-        with pytest.raises(DataError, match="--chunk must be auto, none or a number"):
+        with pytest.raises(UserError, match="--chunk must be auto, none or a number"):
             run(teacher, tmp_path / "c", "--max_steps", "1", "--chunk", bad)
 
 
@@ -182,7 +182,7 @@ def test_dve_channels_give_each_term_its_own_channels(cache_dir, tmp_path, teach
         "--dve_channels", "6")
     assert all(math.isfinite(v) and v > 0 for v in losses_of(tmp_path / "split"))
     for bad in (["--dve_channels", "6"], ["--objective", "lead+dve", "--dve_channels", "16"]):
-        with pytest.raises(DataError, match="--dve_channels splits the features between LEAD and DVE"):
+        with pytest.raises(UserError, match="--dve_channels splits the features between LEAD and DVE"):
             run(teacher, tmp_path / "bad", "--max_steps", "1", *bad)
 
 

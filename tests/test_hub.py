@@ -9,7 +9,7 @@ import byol_pretrain
 import dense_distill
 import match
 import regress
-from common.data import DataError
+from common.errors import UserError
 from common.models import DenseExtractor, ResNetEncoder
 from conftest import hub_snapshot
 
@@ -70,10 +70,10 @@ def test_without_a_token_the_run_stops_before_any_work(cache_dir, tmp_path, monk
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     for module, argv in ((byol_pretrain, S1), (regress, S3 + ["--features_from", "random-resnet18"])):
         out = tmp_path / module.__name__
-        with pytest.raises(DataError, match="no Hugging Face token found; run `huggingface-cli login`"):
+        with pytest.raises(UserError, match="no Hugging Face token found; run `huggingface-cli login`"):
             stage(module, argv + ["--output_dir", out, "--push_to_hub", "--hub_model_id", "me/x"])
         assert not out.exists()                            # nothing trained, nothing written
-    with pytest.raises(DataError, match="--push_to_hub needs --hub_model_id"):
+    with pytest.raises(UserError, match="--push_to_hub needs --hub_model_id"):
         stage(dense_distill, S2 + ["--init_from", "x", "--output_dir", tmp_path / "o", "--push_to_hub"])
     assert fake_hub.uploads == []
 
@@ -99,5 +99,5 @@ def test_match_and_init_from_load_hub_ids_from_a_downloaded_snapshot(cache_dir, 
     assert by_id["query_points"] == by_folder["query_points"] and by_id["scores"] == by_folder["scores"]
     result = stage(dense_distill, S2 + ["--init_from", "me/byol", "--output_dir", tmp_path / "s2"])
     assert result["step"] == 1 and "hypercolumn-960" in result["probe"]
-    with pytest.raises(DataError, match="me/absent: no such folder, and not a reachable Hub model"):
+    with pytest.raises(UserError, match="me/absent: no such folder, and not a reachable Hub model"):
         stage(match, ["--model", "me/absent"] + common)

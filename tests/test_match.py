@@ -11,7 +11,7 @@ from PIL import Image
 
 import match
 from common.augment import warped_pairs
-from common.data import DataError
+from common.errors import UserError
 from common.models import DenseExtractor, ResNetEncoder
 from common.probe import _summary
 from conftest import ROOT
@@ -112,10 +112,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, models, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv, message in cases:
         argv = argv if "--model" in argv else [*argv, "--model", models / "s1"]
-        with pytest.raises(DataError, match=message):
+        with pytest.raises(UserError, match=message):
             run(*argv)
     monkeypatch.chdir(tmp_path)                                            # no demo model here
-    with pytest.raises(DataError, match="bash demo.sh"):
+    with pytest.raises(UserError, match="bash demo.sh"):
         run("--ref", a, "--query", a)
     res = subprocess.run([sys.executable, str(ROOT / "match.py"), "--ref", str(tmp_path / "text.jpg"), "--query",
                           str(a), "--model", str(models / "s1")], capture_output=True, text=True)
@@ -171,7 +171,7 @@ def test_a_dataset_row_brings_its_landmarks(cache_dir, tmp_path, models):
     truth = load_tensors(args, "test").landmarks[1]
     np.testing.assert_allclose(out["ref_points"], truth, atol=1e-5)
     assert np.abs(np.array(out["query_points"]) - truth).max() <= 1.0 + 1e-4        # the same image: one pixel
-    with pytest.raises(DataError, match="has 4 images"):
+    with pytest.raises(UserError, match="has 4 images"):
         run("--model", models / "s2", "--ref", "test:9", "--query", "test:1", *flags)
 
 

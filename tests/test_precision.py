@@ -7,7 +7,7 @@ import torch
 
 import byol_pretrain
 from common import precision
-from common.data import DataError
+from common.errors import UserError
 from tests.test_byol_pretrain import TINY
 
 
@@ -77,7 +77,7 @@ def test_several_cpu_processes_do_not_probe(probe, monkeypatch):
     monkeypatch.setenv("LEAD_CPU_BF16", "1")
     assert precision.run_precision("auto", "cpu")[0] == "bf16"
     monkeypatch.setenv("LEAD_CPU_BF16", "yes")
-    with pytest.raises(DataError, match="LEAD_CPU_BF16=yes: 1 .bf16. or 0"):
+    with pytest.raises(UserError, match="LEAD_CPU_BF16=yes: 1 .bf16. or 0"):
         precision.run_precision("auto", "cpu")
 
 
@@ -98,7 +98,7 @@ def test_resumed_run_keeps_its_precision(tmp_path, probe):
     (tmp_path / "args.json").write_text(json.dumps({"mixed_precision": "auto", "precision": "no"}))
     assert precision.run_precision("auto", "cpu", tmp_path)[0] == "no"
     assert precision.run_precision("no", "cpu", tmp_path)[0] == "no"
-    with pytest.raises(DataError, match="--mixed_precision bf16: .* began in no"):
+    with pytest.raises(UserError, match="--mixed_precision bf16: .* began in no"):
         precision.run_precision("bf16", "cpu", tmp_path)
     (tmp_path / "args.json").write_text(json.dumps({"mixed_precision": "bf16"}))   # a folder from before auto
     assert precision.run_precision("auto", "cpu", tmp_path)[0] == "bf16"
@@ -120,6 +120,6 @@ def test_a_run_records_what_auto_chose(cache_dir, tmp_path, probe):
     assert args.precision == "no"
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert "precision: fp32 (the CPU probe ran bf16 at 0.33x" in card and "kept on resume" in card
-    with pytest.raises(DataError, match="began in no"):
+    with pytest.raises(UserError, match="began in no"):
         byol_pretrain.main(parser.parse_args(TINY + ["--output_dir", str(tmp_path / "run"), "--max_steps", "3",
                                                      "--resume", "--mixed_precision", "bf16"]))

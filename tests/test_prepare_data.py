@@ -45,13 +45,14 @@ def test_bad_flags_are_refused_by_the_parser(capsys):
 
 def test_preview_split_must_be_prepared(cache_dir, tmp_path):
     import pytest
-    from common.data import DataError
-    with pytest.raises(DataError, match="--preview_split test is not among --splits val"):
+    from common.errors import UserError
+    with pytest.raises(UserError, match="--preview_split test is not among --splits val"):
         prepare_data.main(args_for("--splits", "val", "--preview_split", "test", "--num_images", "4"))
 
 
 def test_a_missing_local_dataset_folder_is_one_line(cache_dir, tmp_path):
     import pytest
-    from common.data import DataError, load_split
-    with pytest.raises(DataError, match="not found"):
+    from common.data import load_split
+    from common.errors import UserError
+    with pytest.raises(UserError, match="not found"):
         load_split(args_for("--dataset", str(tmp_path / "missing")), "train")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data.images import DataError
+from common.errors import UserError
 from common.data.readers import (CELEBA_BOX, PASSEROIDEA, READERS, box_300w, read_300w, read_aflw_m,
                                  read_aflw_r, read_celeba, read_cub, read_hf, read_imagefolder,
                                  read_mafl)
@@ -59,7 +59,7 @@ def test_celeba_without_identity_or_mafl_and_hq_folder(tmp_path, caplog):
 
 def test_celeba_count_line_must_match(tmp_path):
     write_celeba(tmp_path, count=10)
-    with pytest.raises(DataError, match="says 10 rows but the file has 9"):
+    with pytest.raises(UserError, match="says 10 rows but the file has 9"):
         read_celeba(tmp_path, "train")
 
 
@@ -175,7 +175,7 @@ def test_300w_wrong_point_count_is_a_data_error(tmp_path):
     write_300w(tmp_path)
     pts = tmp_path / "afw" / "134212_2.pts"
     write_text(pts, "version: 1\nn_points: 67\n{\n" + "1 2\n" * 67 + "}\n")
-    with pytest.raises(DataError, match="134212_2.pts: 67 points"):
+    with pytest.raises(UserError, match="134212_2.pts: 67 points"):
         read_300w(tmp_path, "train")
 
 
@@ -209,7 +209,7 @@ def test_cub_all_classes_bbox_crop_and_split_lists(tmp_path):
     write_text(lists / "val.txt", prefix + "001.Black_footed_Albatross/Black_Footed_Albatross_0001_3.jpg\n")
     assert read_cub(tmp_path, "train", split_dir=lists)["identity"] == [15, 14]
     assert read_cub(tmp_path, "val", split_dir=lists)["identity"] == [1]
-    with pytest.raises(DataError, match="test.txt: not found"):
+    with pytest.raises(UserError, match="test.txt: not found"):
         read_cub(tmp_path, "test", split_dir=lists)
 
 
@@ -236,7 +236,7 @@ def test_imagefolder_order_box_exif(tmp_path):
 
 def test_imagefolder_empty_is_a_data_error(tmp_path):
     write_text(tmp_path / "readme.md", "no images here")
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(UserError, match="no images found"):
         read_imagefolder(tmp_path, "train")
 
 
@@ -271,7 +271,7 @@ def test_missing_annotation_names_the_path(tmp_path, writer, fmt, split, rel):
         target.rmdir()
     else:
         target.unlink()
-    with pytest.raises(DataError) as err:
+    with pytest.raises(UserError) as err:
         READERS[fmt](tmp_path, split)
     assert f"{target}: not found" in str(err.value) and "\n" not in str(err.value)
 
@@ -280,13 +280,13 @@ def test_missing_cub_boxes_only_matter_for_bbox_crop(tmp_path):
     write_cub(tmp_path)
     (tmp_path / "bounding_boxes.txt").unlink()
     assert len(read_cub(tmp_path, "train")) == 2
-    with pytest.raises(DataError, match="bounding_boxes.txt: not found"):
+    with pytest.raises(UserError, match="bounding_boxes.txt: not found"):
         read_cub(tmp_path, "train", crop="bbox")
 
 
 @pytest.mark.parametrize("fmt", ["celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub"])
 def test_unknown_split_lists_valid_ones(tmp_path, fmt):
-    with pytest.raises(DataError, match=r"unknown split 'trian' \(valid: .*train.*test"):
+    with pytest.raises(UserError, match=r"unknown split 'trian' \(valid: .*train.*test"):
         READERS[fmt](tmp_path, "trian")
 
 
@@ -300,7 +300,7 @@ def test_bad_images_are_skipped_counted_and_limited(tmp_path, caplog):
     assert paths(ds) == ["000001.jpg", "000004.jpg"]
     assert "skipped 2 of 4 images" in caplog.text and "000003.jpg" in caplog.text
     np.testing.assert_array_equal(lms(ds, 1), [[64, 104], [114, 105], [89, 134], [74, 154], [109, 155]])
-    with pytest.raises(DataError, match=r"celeba\[train\]: 2 of 4 images are bad"):
+    with pytest.raises(UserError, match=r"celeba\[train\]: 2 of 4 images are bad"):
         read_celeba(tmp_path, "train")  # default max_bad_frac 1%
 
 
@@ -350,12 +350,12 @@ def test_read_hf_saved_dataset_and_dict(tmp_path):
     assert len(read_hf(tmp_path / "one", "train")) == 3
     datasets.DatasetDict({"train": _hf(2), "test": _hf(1)}).save_to_disk(str(tmp_path / "dict"))
     assert len(read_hf(tmp_path / "dict", "test")) == 1
-    with pytest.raises(DataError, match=r"unknown split 'val' \(valid: train, test\)"):
+    with pytest.raises(UserError, match=r"unknown split 'val' \(valid: train, test\)"):
         read_hf(tmp_path / "dict", "val")
     _hf(2, image=False).save_to_disk(str(tmp_path / "noimg"))
-    with pytest.raises(DataError, match="no `image` column"):
+    with pytest.raises(UserError, match="no `image` column"):
         read_hf(tmp_path / "noimg", "train")
-    with pytest.raises(DataError, match="absent: not found"):
+    with pytest.raises(UserError, match="absent: not found"):
         read_hf(str(tmp_path / "absent"), "train")
 
 
@@ -364,5 +364,5 @@ def test_read_hf_local_data_folder_via_load_dataset(tmp_path, monkeypatch):
     _hf(2).to_parquet(str(tmp_path / "pq" / "train.parquet"))
     ds = read_hf(str(tmp_path / "pq"), "train")
     assert len(ds) == 2 and ds[1]["image"].getpixel((0, 0)) == (1, 0, 0)
-    with pytest.raises(DataError, match="Unknown split"):
+    with pytest.raises(UserError, match="Unknown split"):
         read_hf(str(tmp_path / "pq"), "test")

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from common.data import DataError, data_args, load_tensors
+from common.data import data_args, load_tensors
+from common.errors import UserError
 from common.imageio import crop_resize
 from common.data.readers import MTFL_SIDE, READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
 from common.hub import data_line
@@ -64,14 +65,14 @@ def test_mtfl_cache_crops_the_training_face_to_its_box(cache_dir, tmp_path):
 
 
 def test_mtfl_errors(tmp_path):
-    with pytest.raises(DataError, match=r"unknown split 'trian' \(valid: pretrain, train, val, test\)"):
+    with pytest.raises(UserError, match=r"unknown split 'trian' \(valid: pretrain, train, val, test\)"):
         read_mtfl(tmp_path, "trian")
-    with pytest.raises(DataError, match=r"training.txt: not found \(expected the MTFL list training.txt"):
+    with pytest.raises(UserError, match=r"training.txt: not found \(expected the MTFL list training.txt"):
         read_mtfl(tmp_path, "train")
     write_mtfl(tmp_path)
     text = (tmp_path / "testing.txt").read_text().replace("105.000000", "x", 1)
     (tmp_path / "testing.txt").write_text(text)
-    with pytest.raises(DataError, match=r"testing.txt:1: expected 10 numbers"):
+    with pytest.raises(UserError, match=r"testing.txt:1: expected 10 numbers"):
         read_mtfl(tmp_path, "test")
 
 
@@ -89,7 +90,7 @@ def test_pts_folder_reads_each_image_and_its_points(tmp_path):
 
 
 def test_pts_folder_errors_and_a_pts_without_its_image(tmp_path, caplog):
-    with pytest.raises(DataError, match="no .pts files found"):
+    with pytest.raises(UserError, match="no .pts files found"):
         read_ptsfolder(tmp_path)
     write_pts_folder(tmp_path)
     (tmp_path / "1000_2.jpg").unlink()
@@ -97,7 +98,7 @@ def test_pts_folder_errors_and_a_pts_without_its_image(tmp_path, caplog):
         assert len(read_ptsfolder(tmp_path, max_bad_frac=0.5)) == 3
     assert "1000_2.jpg (missing file)" in caplog.text
     (tmp_path / "1000_9.pts").write_text("version: 1\nn_points:  5\n{\n1 2\n3 4\n5 6\n7 8\n9 10\n}\n")
-    with pytest.raises(DataError, match=r"1000_9.pts: 5 points \(n_points: 5\), expected 68"):
+    with pytest.raises(UserError, match=r"1000_9.pts: 5 points \(n_points: 5\), expected 68"):
         read_ptsfolder(tmp_path)
 
 
@@ -120,7 +121,7 @@ def test_pretraining_on_the_union_of_sources(cache_dir, tmp_path):
     assert len(load_tensors(args, "val")) == 1                                         # other splits: --dataset's
     line = data_line(args, "pretrain")
     assert line.startswith("data: --dataset mtfl --add_data ptsfolder --add_data synthetic") and "afw" not in line
-    with pytest.raises(DataError, match="--add_data mtfl: give its folder, as mtfl:DIR"):
+    with pytest.raises(UserError, match="--add_data mtfl: give its folder, as mtfl:DIR"):
         load_tensors(flags("--add_data", "mtfl"), "pretrain")
 
 
@@ -130,7 +131,7 @@ def test_resume_accepts_a_run_written_before_a_flag_was_added(tmp_path):
     old = {k: v for k, v in vars(args).items() if k != "add_data"}
     (tmp_path / "args.json").write_text(json.dumps(old))
     check_resume_args(args, tmp_path)                                  # --add_data left off: the same run
-    with pytest.raises(DataError, match=r"other settings than .* \(add_data\)"):
+    with pytest.raises(UserError, match=r"other settings than .* \(add_data\)"):
         check_resume_args(flags("--add_data", "synthetic"), tmp_path)
 
 
@@ -144,8 +145,8 @@ def test_resume_accepts_a_flag_added_since_at_its_default(tmp_path):
     (tmp_path / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "score_split"},
                                                    default=str))
     check_resume_args(args, tmp_path, parser=parser)
-    with pytest.raises(DataError, match=r"\(score_split\)"):
+    with pytest.raises(UserError, match=r"\(score_split\)"):
         check_resume_args(args, tmp_path)                              # without the parser: not known to be off
-    with pytest.raises(DataError, match=r"\(score_split\)"):
+    with pytest.raises(UserError, match=r"\(score_split\)"):
         check_resume_args(parser.parse_args(["--features_from", "random-resnet18", "--score_split", "val"]),
                           tmp_path, parser=parser)

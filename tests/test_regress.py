@@ -10,7 +10,7 @@ from sklearn.decomposition import NMF, PCA
 
 import common.features as features
 import regress
-from common.data import DataError
+from common.errors import UserError
 from common.features import (Compact, FeatureSource, FeatureStore, Hypercolumn, eval_crops, fit_nmf, fit_pca,
                              load_source, nmf_project)
 from common.models import DenseExtractor, LandmarkRegressor, ResNetEncoder, soft_argmax
@@ -102,7 +102,7 @@ def test_scorer_per_landmark_errors_and_pck():
     assert miss == pytest.approx(10.0) and per_point == pytest.approx([0, 0, 50, 0, 0])
     visible[0, 2] = False                                                 # the miss is not visible: not counted
     assert regress.Scorer(args, 5)(pred, gt, visible)[0] == pytest.approx(0.0)
-    with pytest.raises(DataError, match="--eye_idx"):
+    with pytest.raises(UserError, match="--eye_idx"):
         regress.Scorer(parse(), 7)
 
 
@@ -154,9 +154,9 @@ def test_load_source_tells_stage_1_from_stage_2_and_refuses_what_is_neither(tmp_
     (tmp_path / "empty").mkdir()
     for spec, msg in [(str(tmp_path / "empty"), "not a model folder"), ("random-vgg", "unknown architecture"),
                       ("pca:0", "positive"), ("nmf:8", "--hypercolumn_from")]:
-        with pytest.raises(DataError, match=msg):
+        with pytest.raises(UserError, match=msg):
             load_source(spec)
-    with pytest.raises(DataError, match="not a stage-1"):
+    with pytest.raises(UserError, match="not a stage-1"):
         load_source("pca:4", str(tmp_path / "s2"), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
@@ -214,19 +214,19 @@ def args_list(args) -> list[str]:
 
 
 def test_user_errors_are_one_line(cache_dir, tmp_path, capsys):
-    with pytest.raises(DataError, match="larger than --resize"):
+    with pytest.raises(UserError, match="larger than --resize"):
         regress.main(parse("--features_from", "random-resnet18", "--crop", "48", "--output_dir", str(tmp_path / "a")))
-    with pytest.raises(DataError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         regress.main(parse("--features_from", "random-resnet18", "--resume", "--output_dir", str(tmp_path / "b")))
     # a bad source fails before any work on the good ones
-    with pytest.raises(DataError, match="no such folder"):
+    with pytest.raises(UserError, match="no such folder"):
         regress.main(parse("--features_from", "random-resnet18", str(tmp_path / "missing"), "--output_dir",
                            str(tmp_path / "c")))
     assert not (tmp_path / "c").exists()
-    with pytest.raises(DataError, match="--eye_idx 0 9"):
+    with pytest.raises(UserError, match="--eye_idx 0 9"):
         regress.main(parse("--eye_idx", "0", "9", "--output_dir", str(tmp_path / "d")))
     regress.main(parse("--output_dir", str(tmp_path / "e")))
-    with pytest.raises(DataError, match=r"other settings than .* \(lr\)"):
+    with pytest.raises(UserError, match=r"other settings than .* \(lr\)"):
         regress.main(parse("--output_dir", str(tmp_path / "e"), "--resume", "--lr", "0.1"))
 
 
@@ -291,7 +291,7 @@ def test_test_zoom_out_changes_only_the_test_split(cache_dir, tmp_path):
         assert torch.equal(seen[split]["images"], unseen[split]["images"])
     iod = [(d["test"]["landmarks"][:, 0] - d["test"]["landmarks"][:, 1]).norm(dim=-1).mean() for d in (seen, unseen)]
     assert iod[1] < 0.9 * iod[0]
-    with pytest.raises(DataError, match="--variant unaligned"):
+    with pytest.raises(UserError, match="--variant unaligned"):
         regress.main(parse("--test_zoom_out", "1.5,2", "--output_dir", str(tmp_path / "z")))
 
 
@@ -307,5 +307,5 @@ def test_score_split_val_scores_on_validation_and_never_reads_the_test_split(cac
     assert run["test"] == pytest.approx(min(v for _, v in run["val_curve"]))     # scored where it was selected
     assert res["score_split"] == "val" and "val" in res["dataset"]["key"]           # describes the split scored
     assert (tmp_path / "val" / "results.md").read_text().startswith("Validation error (% inter-ocular distance)")
-    with pytest.raises(DataError, match="--test_zoom_out changes the test split, which --score_split val"):
+    with pytest.raises(UserError, match="--test_zoom_out changes the test split, which --score_split val"):
         regress.main(parse("--score_split", "val", "--test_zoom_out", "1.5,2", "--output_dir", str(tmp_path / "z")))

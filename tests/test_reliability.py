@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import byol_pretrain
 import dense_distill
-from common.data import DataError
+from common.errors import UserError
 from common.models import ResNetEncoder
 from common.training import checkpoint_dirs
 from conftest import ROOT
@@ -97,7 +97,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
     extra = ["--objective", "pixel"] if script == "byol_pretrain.py" else []
     args = module.get_args_parser().parse_args(flags + extra + ["--max_steps", "8", "--checkpoint_every", "2",
                                                                 "--log_every", "10", "--output_dir", str(tmp_path)])
-    with pytest.raises(DataError, match="not finite at step 3: stopped"):
+    with pytest.raises(UserError, match="not finite at step 3: stopped"):
         module.main(args)
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_2"]   # step 4's is never written
     assert not (tmp_path / "final").exists()
@@ -124,7 +124,7 @@ def snapshot(folder):
 
 
 def one_line_error(call, match: str):
-    with pytest.raises(DataError, match=match) as e:
+    with pytest.raises(UserError, match=match) as e:
         call()
     assert "\n" not in str(e.value), str(e.value)
 
@@ -216,8 +216,8 @@ def test_bad_images_are_skipped_and_listed_and_too_many_stop_the_run(cache_dir, 
     strict = byol_pretrain.get_args_parser().parse_args(flags + ["--max_bad_frac", "0.1", "--output_dir",
                                                                   str(tmp_path / "strict")])
     # the cache built above remembers its skipped files: a stricter run refuses it
-    with pytest.raises(DataError, match=r"4 images were skipped when this cache was built, more than --max_bad_frac"):
+    with pytest.raises(UserError, match=r"4 images were skipped when this cache was built, more than --max_bad_frac"):
         byol_pretrain.main(strict)
     monkeypatch.setenv("LEAD_CACHE", str(tmp_path / "fresh_cache"))      # and a first build refuses the data
-    with pytest.raises(DataError, match=r"4 of 20 images are bad \(20.0% > --max_bad_frac 10.0%\)"):
+    with pytest.raises(UserError, match=r"4 of 20 images are bad \(20.0% > --max_bad_frac 10.0%\)"):
         byol_pretrain.main(strict)

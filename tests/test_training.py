@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from accelerate.tracking import GeneralTracker
 
-from common.data import DataError
+from common.errors import UserError
 from common.training import LARS, Reporter, eval_mode, lars_groups, make_accelerator
 
 
@@ -89,7 +89,7 @@ def test_reporter_writes_jsonl_and_flattened_tracker_records(tmp_path):
 def test_a_missing_tracker_package_is_a_one_line_error(monkeypatch):
     import accelerate.utils
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    with pytest.raises(DataError, match="--report_to wandb needs the wandb package: pip install wandb"):
+    with pytest.raises(UserError, match="--report_to wandb needs the wandb package: pip install wandb"):
         make_accelerator("no", 1, "wandb")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from ..imageio import DataError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     import datasets
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # the readers, the synthetic faces and the cache import `datasets` (about a second): they load on first use, so
 # that tools which only parse these flags (match.py) start fast
-__all__ = ["DataError", "TensorCache", "data_args", "load_split", "load_tensors", "describe"]
+__all__ = ["TensorCache", "data_args", "load_split", "load_tensors", "describe"]
 FORMATS = ("celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub", "mtfl", "ptsfolder", "imagefolder")   # READERS' keys
 SYNTHETIC_SPLITS = {"pretrain": 5000, "train": 1000, "val": 300, "test": 500}
 
@@ -96,7 +96,7 @@ def data_args() -> argparse.ArgumentParser:
 def synthetic_spec(args, split: str) -> synthetic.SyntheticSpec:
     from . import synthetic
     if split not in synthetic.SPLITS:
-        raise DataError(f"synthetic data has splits {list(synthetic.SPLITS)}, not {split!r}")
+        raise UserError(f"synthetic data has splits {list(synthetic.SPLITS)}, not {split!r}")
     return synthetic.SyntheticSpec(
         split=split, num_images=args.num_images or synthetic.SPLITS[split], variant=args.variant,
         zoom_out=tuple(args.zoom_out), size=args.image_size, seed=args.data_seed)
@@ -109,7 +109,7 @@ def load_split(args, split: str) -> datasets.Dataset:
         return synthetic.load(synthetic_spec(args, split), args.landmarks, args.data_workers)
     if args.dataset in readers.READERS:
         if args.data_dir is None:
-            raise DataError(f"--dataset {args.dataset} needs --data_dir (the folder as its authors ship it)")
+            raise UserError(f"--dataset {args.dataset} needs --data_dir (the folder as its authors ship it)")
         ds = readers.READERS[args.dataset](args.data_dir, split, max_bad_frac=args.max_bad_frac)
     else:
         ds = readers.read_hf(args.dataset, split)
@@ -137,7 +137,7 @@ def added_source(args, spec: str) -> argparse.Namespace:
     if sep and fmt in FORMATS and folder:
         dataset, data_dir = fmt, folder
     elif spec in FORMATS:
-        raise DataError(f"--add_data {spec}: give its folder, as {spec}:DIR")
+        raise UserError(f"--add_data {spec}: give its folder, as {spec}:DIR")
     else:
         dataset, data_dir = spec, None
     return argparse.Namespace(**{**vars(args), "dataset": dataset, "data_dir": data_dir, "add_data": []})
@@ -184,6 +184,6 @@ def load_tensors(args, split: str, size: int | None = None) -> TensorCache:
     cache = TensorCache.load(folder)
     skipped = len(cache.meta.get("skipped", []))
     if skipped > args.max_bad_frac * (len(cache) + skipped):  # built earlier with a looser threshold
-        raise DataError(f"{folder}: {skipped} images were skipped when this cache was built, more than "
+        raise UserError(f"{folder}: {skipped} images were skipped when this cache was built, more than "
                         f"--max_bad_frac {args.max_bad_frac} allows (see its meta.json)")
     return cache

@@ -1,7 +1,7 @@
 """Image files in, RGB out: header checks, mode conversion, and the bad-input ledger.
 
 Every reader funnels its files through `records_to_dataset`, so every source gets the same
-rules: a missing annotation file is a `DataError` (one line, exit 2); an unreadable, truncated
+rules: a missing annotation file is a `UserError` (one line, exit 2); an unreadable, truncated
 or degenerate image (< 8x8) is skipped, counted and listed; a load fails when more than
 `max_bad_frac` of the images are bad. Grey, RGBA, palette, CMYK and 16-bit images are
 converted to 8-bit RGB, never skipped.
@@ -21,7 +21,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..imageio import MIN_SIDE, BadImage, DataError, open_rgb, require, to_rgb  # noqa: F401 (the data layer's API)
+from ..imageio import MIN_SIDE, BadImage, open_rgb, require, to_rgb  # noqa: F401 (the data layer's API)
+from ..errors import UserError
 
 logger = logging.getLogger("lead.data")
 
@@ -63,7 +64,7 @@ class BadLedger:
         logger.warning("%s: skipped %d of %d images (%.2f%%): %s%s",
                        self.name, len(self.bad), self.total, 100 * frac, listed, more)
         if frac > self.max_bad_frac:
-            raise DataError(f"{self.name}: {len(self.bad)} of {self.total} images are bad "
+            raise UserError(f"{self.name}: {len(self.bad)} of {self.total} images are bad "
                             f"({100 * frac:.1f}% > --max_bad_frac {100 * self.max_bad_frac:.1f}%); "
                             f"first: {self.bad[0][0]} ({self.bad[0][1]})")
 

@@ -3,7 +3,7 @@
 Every `read_X(data_dir, split, max_bad_frac=0.01)` parses the annotation files with plain Python
 (no pandas), turns them into rows {image: path, landmarks [K, 2], visible [K], identity, box} and
 hands them to `records_to_dataset`, which header-checks the images, skips and counts bad ones and
-converts odd modes. A missing annotation file or image folder is a one-line `DataError` (via
+converts odd modes. A missing annotation file or image folder is a one-line `UserError` (via
 `require`); so is a malformed annotation line (naming file and line) and an unknown split.
 
 Shared conventions (see common/data/images.py): landmarks are (x, y) pixels, 0-based, at pixel
@@ -30,7 +30,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from common.data.images import DataError, logger, records_to_dataset, require
+from common.data.images import logger, records_to_dataset, require
+from common.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # DVE's CelebA crop: rows 30..207 and all 178 columns of the 178x218 aligned image, as pixel edges.
@@ -50,7 +51,7 @@ W300_EYES = (36, 45)  # outer eye corners (0-based), for the inter-ocular distan
 
 def _check_split(name: str, split: str, valid: tuple[str, ...]) -> None:
     if split not in valid:
-        raise DataError(f"{name}: unknown split {split!r} (valid: {', '.join(valid)})")
+        raise UserError(f"{name}: unknown split {split!r} (valid: {', '.join(valid)})")
 
 
 def _rows(path: Path, expected: str) -> list[tuple[int, list[str]]]:
@@ -65,7 +66,7 @@ def _floats(fields: list[str], path: Path, lineno: int, count: int) -> list[floa
             raise ValueError
         return [float(v) for v in fields[:count]]
     except ValueError:
-        raise DataError(f"{path}:{lineno}: expected {count} numbers, got "
+        raise UserError(f"{path}:{lineno}: expected {count} numbers, got "
                         f"{' '.join(fields)[:80]!r}") from None
 
 
@@ -81,7 +82,7 @@ def _load_mat(path: Path, expected: str) -> dict:
     try:
         return loadmat(path, squeeze_me=True, struct_as_record=False)
     except Exception as e:  # scipy raises several types for a non-.mat file
-        raise DataError(f"{path}: not a readable .mat file ({type(e).__name__})") from None
+        raise UserError(f"{path}: not a readable .mat file ({type(e).__name__})") from None
 
 
 # ---------------------------------------------------------------- CelebA / MAFL
@@ -99,12 +100,12 @@ def _celeba_landmarks(root: Path) -> dict[str, np.ndarray]:
     path = root / "Anno" / "list_landmarks_align_celeba.txt"
     rows = _rows(path, "CelebA aligned landmarks, as shipped in Anno/")
     if len(rows) < 2 or len(rows[0][1]) != 1 or not rows[0][1][0].isdigit():
-        raise DataError(f"{path}: line 1 should be the row count")
+        raise UserError(f"{path}: line 1 should be the row count")
     if rows[1][1] != CELEBA_COLUMNS:
-        raise DataError(f"{path}: line 2 should name the columns {' '.join(CELEBA_COLUMNS)}")
+        raise UserError(f"{path}: line 2 should name the columns {' '.join(CELEBA_COLUMNS)}")
     count, data = int(rows[0][1][0]), rows[2:]
     if count != len(data):
-        raise DataError(f"{path}: line 1 says {count} rows but the file has {len(data)}")
+        raise UserError(f"{path}: line 1 says {count} rows but the file has {len(data)}")
     return {f[0]: np.reshape(_floats(f[1:], path, i, 10), (5, 2)) for i, f in data}
 
 
@@ -132,7 +133,7 @@ def _celeba_dataset(root: Path, names: list[str], name: str, max_bad_frac: float
         ids = {f[0]: int(_floats(f[1:], ident_path, i, 1)[0]) for i, f in _rows(ident_path, "")}
     missing = [n for n in names if n not in lms]
     if missing:
-        raise DataError(f"{root / 'Anno' / 'list_landmarks_align_celeba.txt'}: no landmarks for "
+        raise UserError(f"{root / 'Anno' / 'list_landmarks_align_celeba.txt'}: no landmarks for "
                         f"{len(missing)} listed images, e.g. {missing[0]}")
     records = [{"image": imgdir / n, "landmarks": lms[n], "box": CELEBA_BOX,
                 "identity": ids.get(n, -1)} for n in names]
@@ -283,7 +284,7 @@ def read_aflw_m(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Da
             rows = [r for r in csv.reader(fh) if r]
         header = [h.strip() for h in rows[0]] if rows else []
         if "set" not in header or "crop_file" not in header:
-            raise DataError(f"{path}: header row lacks the `set` and `crop_file` columns")
+            raise UserError(f"{path}: header row lacks the `set` and `crop_file` columns")
         iset, icrop = header.index("set"), header.index("crop_file")
         for i, r in enumerate(rows[1:], 2):
             if _floats(r[iset:], path, i, 1)[0] != 1:  # set 1 = training faces, as in DVE
@@ -317,7 +318,7 @@ def read_aflw_r(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Da
     mat = _load_mat(mat_path, "AFLW_R keypoints (gt, hw), as in aflw_release-2/")
     gt = np.asarray(mat.get("gt", np.zeros(0)), dtype=np.float64)
     if gt.size != 10 * len(names):  # squeeze_me drops the N axis when N == 1: reshape restores it
-        raise DataError(f"{mat_path}: `gt` should be {len(names)}x5x2 to match {list_path}")
+        raise UserError(f"{mat_path}: `gt` should be {len(names)}x5x2 to match {list_path}")
     gt = gt.reshape(-1, 5, 2)
     imgdir = require(root / "output", "the AFLW_R image folder output/")
     records = [{"image": imgdir / n, "landmarks": g[:, ::-1]} for n, g in zip(names, gt)]
@@ -359,9 +360,9 @@ def _read_pts(path: Path) -> np.ndarray:
         n = int(toks[toks.index("n_points:") + 1])
         pts = np.array(toks[toks.index("{") + 1:toks.index("}")], dtype=np.float64).reshape(-1, 2)
     except (ValueError, IndexError):
-        raise DataError(f"{path}: not a .pts file (needs n_points:, {{, x y lines, }})") from None
+        raise UserError(f"{path}: not a .pts file (needs n_points:, {{, x y lines, }})") from None
     if n != 68 or len(pts) != 68:
-        raise DataError(f"{path}: {len(pts)} points (n_points: {n}), expected 68")
+        raise UserError(f"{path}: {len(pts)} points (n_points: {n}), expected 68")
     return pts - 1
 
 
@@ -374,7 +375,7 @@ def read_300w(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
     [xmin, ymin, xmax, ymax]; each image under afw/, helen/trainset/, lfpw/trainset/ (train) or
     helen/testset/, lfpw/testset/, ibug/ (test) with its .pts next to it. For ibug only names
     starting with 'image' are kept (DVE: the others do not exist). The .pts points are 1-based:
-    we subtract 1. A .pts with other than 68 points is a DataError naming it (an annotation error,
+    we subtract 1. A .pts with other than 68 points is a UserError naming it (an annotation error,
     like a missing file, not a bad image). Order: the iBUG 68-point markup; eye corners 36 and 45
     (W300_EYES) give the inter-ocular distance. Box: `box_300w` (DVE's crop; may leave the image).
     Splits: `train` (3,148), `val` (its last 10%: all from lfpw/trainset), `test` (689).
@@ -386,7 +387,7 @@ def read_300w(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
         path = root / "Bounding Boxes" / f"bounding_boxes_{key}.mat"
         mat = _load_mat(path, "300W bounding boxes, as shipped in 'Bounding Boxes/'")
         if "bounding_boxes" not in mat:
-            raise DataError(f"{path}: no `bounding_boxes` variable")
+            raise UserError(f"{path}: no `bounding_boxes` variable")
         imgdir = require(root / sub, f"the 300W {sub} image folder")
         for entry in np.atleast_1d(mat["bounding_boxes"]):
             name = str(entry.imgName)
@@ -409,15 +410,15 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
     (`box_300w`, DVE's) of the 68 points' bounding box, which is what 300-W's `bb_ground_truth` boxes are. The
     eye points are the outer eye corners 36 and 45. identity: -1 (no person is named). One set: `split` is
     ignored, as for an image folder (every split is the whole folder: use it to evaluate or to pretrain, not to
-    fit a regressor on its own test faces). No .pts: DataError.
+    fit a regressor on its own test faces). No .pts: UserError.
     """
     root = require(data_dir, "a folder of images with a .pts beside each")
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected images with a .pts beside each)")
+        raise UserError(f"{root}: not a folder (expected images with a .pts beside each)")
     annotations = sorted(p for p in root.rglob("*.pts") if p.is_file()
                          and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not annotations:
-        raise DataError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
+        raise UserError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
     records = []
     for pts_path in annotations:
         pts = _read_pts(pts_path) + 1                                   # 1-based, as 300-W's boxes are
@@ -442,7 +443,7 @@ def _cub_parts(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for i, f in _rows(path, "CUB part locations (id part x y visible), as in parts/"):
         pid, x, y, vis = _floats(f[1:], path, i, 4)
         if pid != int(pid) or not 1 <= pid <= 15:
-            raise DataError(f"{path}:{i}: part id {pid:g} is not in 1..15")
+            raise UserError(f"{path}:{i}: part id {pid:g} is not in 1..15")
         lm, visible = parts.setdefault(f[0], (np.zeros((15, 2)), np.zeros(15, bool)))
         lm[int(pid) - 1], visible[int(pid) - 1] = ((x, y) if vis else (0, 0)), bool(vis)
     return parts
@@ -450,7 +451,7 @@ def _cub_parts(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def _cub_get(table: dict, key: str, root: Path, name: str):
     if key not in table:
-        raise DataError(f"{root / name}: no entry for image id {key}")
+        raise UserError(f"{root / name}: no entry for image id {key}")
     return table[key]
 
 
@@ -477,7 +478,7 @@ def read_cub(data_dir, split: str, max_bad_frac: float = 0.01, classes=PASSEROID
     root = Path(data_dir)
     _check_split("cub", split, ("train", "val", "test"))
     if crop not in ("full", "bbox"):
-        raise DataError(f"cub: unknown crop {crop!r} (valid: full, bbox)")
+        raise UserError(f"cub: unknown crop {crop!r} (valid: full, bbox)")
     images = {f[0]: " ".join(f[1:]) for _, f in _rows(root / "images.txt", "CUB id path list")}
     labels = _cub_table(root, "image_class_labels.txt", "CUB class labels (id class_id)", 1)
     parts = _cub_parts(root / "parts" / "part_locs.txt")
@@ -489,7 +490,7 @@ def read_cub(data_dir, split: str, max_bad_frac: float = 0.01, classes=PASSEROID
         by_tail = {"/".join(Path(p).parts[-2:]): k for k, p in images.items()}
         ids = [by_tail.get("/".join(Path(n).parts[-2:])) for n in listed]
         if None in ids:
-            raise DataError(f"{list_path}: {listed[ids.index(None)]} is not in images.txt")
+            raise UserError(f"{list_path}: {listed[ids.index(None)]} is not in images.txt")
     else:
         is_train = _cub_table(root, "train_test_split.txt", "CUB split (id is_training)", 1)
         keep = None if classes is None else {int(c) for c in classes}
@@ -532,15 +533,15 @@ def read_imagefolder(data_dir, split: str | None = None,
     Reads every file below data_dir, recursively, whose extension (any case) is one of IMAGE_EXTS,
     in sorted path order; names starting with '.' (e.g. macOS `._x.jpg` shadows) are skipped.
     EXIF orientation is applied (exif=True). Box: the largest centred square of the (rotated)
-    image. `split` is ignored (there is one set; any value is accepted). No image: DataError.
+    image. `split` is ignored (there is one set; any value is accepted). No image: UserError.
     """
     root = require(data_dir, "a folder of images")
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected a folder of images)")
+        raise UserError(f"{root}: not a folder (expected a folder of images)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise DataError(f"{root}: no images found (looked for {' '.join(IMAGE_EXTS)} below it)")
+        raise UserError(f"{root}: no images found (looked for {' '.join(IMAGE_EXTS)} below it)")
     records = []
     for path in files:
         rec, size = {"image": path}, _oriented_size(path)
@@ -556,10 +557,10 @@ def read_hf(name_or_path, split: str) -> datasets.Dataset:
     """A Hugging Face dataset: a local `save_to_disk` folder, else anything `load_dataset` reads.
 
     A folder saved with `Dataset.save_to_disk` is returned whole (split ignored); one saved with
-    `DatasetDict.save_to_disk` gives its `split` (unknown: DataError listing the saved ones).
+    `DatasetDict.save_to_disk` gives its `split` (unknown: UserError listing the saved ones).
     Otherwise `datasets.load_dataset(name_or_path, split=split)` (a Hub name or a local data
-    folder); its errors become a one-line DataError. A path-like name (starting with / . ~) that
-    does not exist is a DataError. The result must have an `image` column; rows without `box`
+    folder); its errors become a one-line UserError. A path-like name (starting with / . ~) that
+    does not exist is a UserError. The result must have an `image` column; rows without `box`
     are left so, and consumers use the whole image.
     """
     name = str(name_or_path)
@@ -570,7 +571,7 @@ def read_hf(name_or_path, split: str) -> datasets.Dataset:
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise DataError(f"{path}: unknown split {split!r} (valid: {', '.join(loaded)})")
+                raise UserError(f"{path}: unknown split {split!r} (valid: {', '.join(loaded)})")
             loaded = loaded[split]
     else:
         try:
@@ -578,10 +579,10 @@ def read_hf(name_or_path, split: str) -> datasets.Dataset:
         except (ValueError, FileNotFoundError, ConnectionError, OSError,
                 datasets.exceptions.DatasetGenerationError) as e:
             msg = " ".join(str(e).split())[:300]
-            raise DataError(f"{name}: cannot load split {split!r} ({type(e).__name__}: {msg})") \
+            raise UserError(f"{name}: cannot load split {split!r} ({type(e).__name__}: {msg})") \
                 from None
     if "image" not in loaded.column_names:
-        raise DataError(f"{name}: no `image` column (columns: {', '.join(loaded.column_names)})")
+        raise UserError(f"{name}: no `image` column (columns: {', '.join(loaded.column_names)})")
     return loaded
 
 
