@@ -2,10 +2,10 @@
 
     accelerate launch byol_pretrain.py --output_dir runs/byol                  # the paper's settings
     accelerate launch byol_pretrain.py --arch resnet18 --crop_size 64 --batch_size 64 --max_steps 300 \\
-        --optimizer adam --lr 1e-3 --output_dir runs/demo/byol                  # minutes on a 2-core CPU
+        --optimizer adam --lr 4e-3 --output_dir runs/demo/byol                  # minutes on a 2-core CPU
 
 Writes OUTPUT/final/ (the online encoder, Φ_G: config.json, model.safetensors, README.md),
-OUTPUT/checkpoints/ (Accelerate state for --resume, the EMA target included), args.json and
+OUTPUT/checkpoints/ (our safetensors + JSON training state for --resume, the EMA target included), args.json and
 metrics.jsonl. The next stage takes `--init_from OUTPUT/final`.
 """
 from __future__ import annotations
@@ -13,28 +13,24 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate.utils import gather, set_seed
+from accelerate.utils import gather
 from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
-from common.cli import run
-from common.data import at_least, data_args, load_tensors
+from common.cli import at_least, data_args, from_flags, run_args, run_cli
+from common.data import DataSpec, load_tensors
 from common.errors import UserError
+from common.hub import HubTarget, data_line
+from common.hub import model_card as hub_card
 from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
-from common.hub import check_hub, data_line, model_ref
-from common.hub import model_card as hub_card
+from common.optim import LARS, LR_RULE, effective_lr, ema_momentum, ema_update, lars_groups, warmup_cosine
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import (LARS, FiniteGuard, Reporter, check_batch, check_resume_args, ema_momentum, ema_update,
-                             eval_mode, freeze_batchnorm, lars_groups, load_checkpoint, local_batch,
-                             make_accelerator, precision_line, prepare_output, publish_final, run_args, save_args,
-                             save_checkpoint, save_final, warmup_cosine)
+from common.training import Run, RunSpec, check_batch, eval_mode, freeze_batchnorm
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
@@ -43,55 +39,58 @@ OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args(), run_args("runs/byol")])
     g = parser.add_argument_group("Model")
-    g.add_argument("--arch", default="resnet50", choices=ARCHS, help="backbone; resnet18 for CPU-sized runs")
+    g.add_argument("--arch", default="resnet50", choices=ARCHS,
+                   help="backbone (default resnet50); resnet18 for CPU-sized runs")
     g.add_argument("--no_normalize_layers", action="store_true", help="hypercolumn without per-layer L2 norm")
     g.add_argument("--last_stride", type=int, default=2, choices=[1, 2],
-                   help="stride of layer 4's first block; 1 doubles layer 4's resolution (small inputs) at 4x its cost")
-    g.add_argument("--proj_hidden", type=at_least(1), default=4096, help="projector/predictor hidden width")
-    g.add_argument("--proj_dim", type=at_least(1), default=256, help="projection width")
+                   help="stride of layer 4's first block (default 2); 1 doubles layer 4's resolution (small inputs) "
+                        "at 4x its cost")
+    g.add_argument("--proj_hidden", type=at_least(1), default=4096, help="projector/predictor hidden width (4096)")
+    g.add_argument("--proj_dim", type=at_least(1), default=256, help="projection width (256)")
     g = parser.add_argument_group("Objective")
     g.add_argument("--objective", default="byol", choices=OBJECTIVES,
-                   help="byol: image-level BYOL (the paper); pixel: BYOL between the dense maps of the two views at "
-                        "corresponding positions (PixPro-style); byol+pixel: both; moco: MoCo-v2's InfoNCE against a "
-                        "queue of the key encoder's projections (ContrastLandmark's stage 1, Table 6)")
-    g.add_argument("--dense_weight", type=float, default=1.0, help="weight of the pixel term in byol+pixel")
+                   help="byol (default): image-level BYOL (the paper); pixel: BYOL between the dense maps of the two "
+                        "views at corresponding positions (PixPro-style); byol+pixel: both; moco: MoCo-v2's InfoNCE "
+                        "against a queue of the key encoder's projections (ContrastLandmark's stage 1, Table 6)")
+    g.add_argument("--dense_weight", type=float, default=1.0, help="weight of the pixel term in byol+pixel (1)")
     g.add_argument("--dve_weight", type=float, default=0.0,
                    help="with a pixel objective: add DVE's equivariance through another face (dense_distill.py's "
                         "--objective dve) on the dense projections, with this weight (0: off)")
     g.add_argument("--dense_grid", type=at_least(2), default=8,
-                   help="side of the grid the pixel objective resizes layers 1-4 to")
+                   help="side of the grid the pixel objective resizes layers 1-4 to (8)")
     g.add_argument("--queue_size", type=at_least(1), default=4096,
                    help="moco: negatives kept (4096 as ContrastLandmark on CelebA; MoCo on ImageNet: 65536)")
-    g.add_argument("--moco_t", type=float, default=0.2, help="moco: InfoNCE temperature (MoCo v2: 0.2, v1: 0.07)")
+    g.add_argument("--moco_t", type=float, default=0.2,
+                   help="moco: InfoNCE temperature (default 0.2 as MoCo v2; v1: 0.07)")
     g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
-                   help="area range of the random resized crops (BYOL: 0.08 1)")
-    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view")
+                   help="area range of the random resized crops (default 0.08 1, BYOL's)")
+    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
     g = parser.add_argument_group("Optimisation")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "lars", "adam"],
-                   help="sgd (the paper); lars (BYOL's large-batch recipe: --lr 0.2 --weight_decay 1.5e-6); "
-                        "adam learns faster in short CPU runs")
-    g.add_argument("--lr", type=float, default=3e-2,
-                   help="sgd, lars: learning rate for a batch of 256, scaled linearly with --batch_size; "
-                        "adam: used as is")
+                   help="sgd (default, the paper's); lars (BYOL's large-batch recipe: --lr 0.2 --weight_decay "
+                        "1.5e-6); adam learns faster in short CPU runs")
+    g.add_argument("--lr", type=float, default=3e-2, help=f"base learning rate (default 3e-2); {LR_RULE}")
     g.add_argument("--weight_decay", type=float, default=1e-4,
-                   help="1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
-    g.add_argument("--epochs", type=at_least(1), default=200)
+                   help="default 1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD and LARS momentum (default 0.9)")
+    g.add_argument("--batch_size", type=at_least(2), default=256,
+                   help="global batch, all processes together (default 256)")
+    g.add_argument("--epochs", type=at_least(1), default=200, help="passes over the pretraining images (default 200)")
     g.add_argument("--max_steps", type=at_least(1), default=None,
                    help="total steps of --batch_size (overrides --epochs)")
-    g.add_argument("--warmup_epochs", type=float, default=2.0)
+    g.add_argument("--warmup_epochs", type=float, default=2.0,
+                   help="linear warm-up of the lr before its cosine decay (default 2; at most half the run)")
     g.add_argument("--ema", type=float, default=None,
                    help="target momentum: byol, pixel: 0.99 at the start, rising to 1 along a cosine; moco: the key "
                         "encoder's, constant (0.999)")
-    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
+    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
     g.add_argument("--no_channels_last", action="store_true",
                    help="keep NCHW tensors (channels-last is faster for convolutions on CPUs and GPUs)")
     g.add_argument("--bn_eval", action="store_true",
                    help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
                         "runs with different numbers of processes exactly)")
     g.add_argument("--eval_every", type=float, default=None,
-                   help="also run the probe every this many epochs (it always runs at the end)")
+                   help="also run the probe every this many epochs (default: only at the end, where it always runs)")
     return parser
 
 
@@ -202,14 +201,14 @@ def build(args, steps_per_epoch: int):
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     target = model.make_target()
-    lr = args.lr * args.batch_size / 256
+    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
     if args.optimizer == "sgd":                                  # fused: one kernel over all parameters
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                               fused=True)
     elif args.optimizer == "lars":
         opt = LARS(lars_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay, fused=True)
     total = args.max_steps or args.epochs * steps_per_epoch
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
@@ -234,16 +233,17 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
     return loss.detach()
 
 
-def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
+def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str | None]:
     """Matching on labelled validation faces (common.probe.probe_data says which): trained vs. the same network
-    untrained (measured once into `baseline`, since it does not change during training). {} when off or failed."""
+    untrained (measured once into `baseline`, since it does not change during training). ({}, None) when off or
+    failed."""
     if not args.probe_pairs or not accelerator.is_main_process:
-        return {}
-    return guarded(_probe, args, accelerator, encoder, baseline) or {}
+        return {}, None
+    return guarded(_probe, args, accelerator, encoder, baseline) or ({}, None)
 
 
-def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
-    cache, what = probe_data(args)
+def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str]:
+    cache, what = probe_data(from_flags(DataSpec, vars(args)))
     nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
@@ -252,22 +252,22 @@ def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> dict:
         out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
                          for name, net in nets.items()}, cache, args.crop_size, args.probe_pairs, args.seed)
     baseline.update({k: v for k, v in out.items() if k == "random"})
-    baseline["data"] = what
     out = {**out, "random": baseline["random"]}
     logger.info("%s, on %s", probe_line(out), what)
-    return out
+    return out, what
 
 
-def model_card(args, out: Path, probe_result: dict, steps: int, probe_on: str | None = None) -> str:
-    ref = model_ref(args, out)
+def model_card(args, run: Run, hub: HubTarget, probe_result: dict, probe_on: str | None, steps: int) -> str:
+    ref = hub.model_ref(run.out)
     return hub_card(
         f"LEAD stage 1: {args.objective} {args.arch}",
         f"The instance-level encoder Φ_G of LEAD (WACV 2022), trained by `byol_pretrain.py` with the "
         f"`{args.objective}` objective on unlabelled faces. Its hypercolumn (layers 1-4, upsampled and "
         "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
-        [data_line(args, "pretrain"), f"steps: {steps}, global batch {args.batch_size}, views "
-         f"{args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256, seed {args.seed}",
-         f"precision: {precision_line(args)}"],
+        [data_line(from_flags(DataSpec, vars(args)), "pretrain"), f"steps: {steps}, global batch {args.batch_size}, "
+         f"views {args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256 images "
+         f"({run.flags['effective_lr']:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
+         f"precision: {run.precision_line()}"],
         probe_table(probe_result, probe_on),
         f'from common.models import ResNetEncoder\nencoder = ResNetEncoder.from_pretrained("{ref}")\n'
         "dense = encoder.hypercolumn(images)   # images [B, 3, H, W] in [0, 1] -> [B, C, H/4, W/4]",
@@ -277,22 +277,17 @@ def model_card(args, out: Path, probe_result: dict, steps: int, probe_on: str | 
 
 
 def main(args) -> dict:
-    out = Path(args.output_dir)
     if args.dve_weight and "pixel" not in args.objective:
         raise UserError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
                         f"byol+pixel, got {args.objective}")
-    check_hub(args, "lead-byol")
-    accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,
-                                                          resumed=out if args.resume else None)
-    args.precision = accelerator.mixed_precision                # what auto chose: args.json and the model card
-    prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
-    if args.resume:
-        check_resume_args(args, out, parser=get_args_parser())
-    accelerator.wait_for_everyone()
-    set_seed(args.seed)
+    hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-byol")
+    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
+    run = Run(from_flags(RunSpec, vars(args)), {**vars(args), "effective_lr": lr}, get_args_parser(), "lead-byol")
+    accelerator = run.accelerator
     with accelerator.main_process_first():
-        cache = load_tensors(args, "pretrain")
+        cache = load_tensors(from_flags(DataSpec, vars(args)), "pretrain")
     check_batch(args.batch_size, accelerator.num_processes, len(cache))
+    logger.info("lr: %g per 256 images, %g for the update of %d", args.lr, lr, args.batch_size * args.grad_accum)
     model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -300,49 +295,21 @@ def main(args) -> dict:
     target.to(accelerator.device).train()
     if args.bn_eval:
         freeze_batchnorm(model, target)
-    state = {"model": model, "target": target}                  # what a checkpoint holds, with opt and sched
-    step = load_checkpoint(accelerator, out, state, opt, sched) if args.resume else 0
-    if not args.resume and accelerator.is_main_process:
-        save_args(args, out)
-    stop = total if args.exit_after_steps is None else min(total, step + args.exit_after_steps)
-    t0, seen, baseline = time.perf_counter(), 0, {}
-    report = Reporter(accelerator, out, "lead-byol", vars(args), total, step)
-    guard = FiniteGuard(accelerator.device)
+    baseline = {}                                               # the untrained network's probe, measured once
+
+    def probe_now():
+        return probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)
+
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
-    while step < stop:
-        images = local_batch(cache, args.batch_size, step, args.seed, accelerator)
-        loss = train_step(accelerator, model, target, opt, sched, images, args, step, total)
-        step += 1
-        guard.update(loss, step)
-        seen += args.batch_size
-        report.advance()
-        if step % args.log_every == 0 or step == stop:
-            guard.check(accelerator, out)
-            loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
-            report.log(step, {"loss": loss, "lr": sched.get_last_lr()[0],
-                              "pairs_per_s": seen / (time.perf_counter() - t0), "elapsed_s": time.perf_counter() - t0,
-                              "world_size": accelerator.num_processes})
-        if every and step % every == 0 and step < total:
-            report.log(step, {"probe": probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline),
-                              "probe_data": baseline.get("data")})
-            accelerator.wait_for_everyone()
-        if step % args.checkpoint_every == 0 or step == stop:
-            guard.check(accelerator, out)
-            save_checkpoint(accelerator, out, step, args.checkpoints_total_limit, state, opt, sched)
+    step = run.train(lambda images, i: train_step(accelerator, model, target, opt, sched, images, args, i, total),
+                     cache, args.batch_size, total, {"model": model, "target": target}, opt, sched,
+                     rate="pairs_per_s", probe=probe_now, probe_every=every)
     if step < total:
-        report.close()
-        logger.info("stopped after step %d of %d; continue with --resume", step, total)
         return {"step": step}
-    encoder = accelerator.unwrap_model(model).encoder
-    save_final(accelerator, out, encoder, model_card(args, out, {}, step))    # the weights before the probe
-    result = probe(args, accelerator, encoder, baseline)
-    if result:
-        report.log(step, {"probe": result, "probe_data": baseline["data"]})
-    report.close()
-    publish_final(accelerator, out, model_card(args, out, result, step, baseline.get("data")), args,
-                  "LEAD stage 1 (BYOL)")
-    return {"step": step, "probe": result}
+    return run.finish(accelerator.unwrap_model(model).encoder,
+                      lambda result, on: model_card(args, run, hub, result, on, step), probe_now, hub,
+                      "LEAD stage 1 (BYOL)")
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -102,7 +102,7 @@ run_stage() {
 # stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe,
 # experiments/cross_identity.md, section 9); stage 2: LEAD distillation beside DVE's cross-identity term (weight 4)
 # on part of the channels, encoder from layer 1 on (section 10)
-S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --lr 1e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1
+S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --lr 4e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1
      --flip 0)
 S2+=(--warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 --objective lead+dve --dve_channels 32 --dve_weight 4
      --unfreeze_encoder --keep_frozen 1)

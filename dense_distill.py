@@ -16,27 +16,23 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-from accelerate.utils import set_seed
 from einops import rearrange
 
 from common.augment import make_views, view_configs
-from common.cli import run
-from common.data import at_least, data_args, load_tensors
+from common.cli import at_least, data_args, from_flags, run_args, run_cli
+from common.data import DataSpec, load_tensors
 from common.errors import UserError
 from common.features import check_source, load_model
+from common.hub import HubTarget, data_line
+from common.hub import model_card as hub_card
 from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
-from common.hub import check_hub, data_line, model_ref
-from common.hub import model_card as hub_card
+from common.optim import LR_RULE, effective_lr, warmup_cosine
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import (FiniteGuard, Reporter, check_batch, check_resume_args, eval_mode, freeze_batchnorm,
-                             load_checkpoint, local_batch, make_accelerator, precision_line, prepare_output,
-                             publish_final, run_args, save_args, save_checkpoint, save_final, warmup_cosine)
+from common.training import Run, RunSpec, check_batch, eval_mode, freeze_batchnorm
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -48,47 +44,59 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      parents=[data_args(), run_args("runs/distill")])
     g = parser.add_argument_group("Model")
     g.add_argument("--init_from", required=True, help="a stage-1 final/ folder or Hub id (the teacher Φ_G)")
-    g.add_argument("--feature_dim", type=at_least(1), default=64, help="channels of the dense features (64, 128, 256)")
-    g.add_argument("--fpn_width", type=at_least(8), default=128, help="channels inside the FPN decoder")
+    g.add_argument("--feature_dim", type=at_least(1), default=64,
+                   help="channels of the dense features (default 64; the paper: 64, 128, 256)")
+    g.add_argument("--fpn_width", type=at_least(8), default=128, help="channels inside the FPN decoder (default 128)")
     g.add_argument("--decoder", default="fpn", choices=["fpn", "linear"],
-                   help="fpn (LEAD's) or linear: a 1x1 convolution of the hypercolumn, ContrastLandmark's projector")
-    g.add_argument("--head_dim", type=int, default=256, help="projection head output width (0: no head, Table 3)")
+                   help="fpn (default, LEAD's) or linear: a 1x1 convolution of the hypercolumn, ContrastLandmark's "
+                        "projector")
+    g.add_argument("--head_dim", type=int, default=256,
+                   help="projection head output width (default 256; 0: no head, Table 3)")
     g.add_argument("--unfreeze_encoder", action="store_true", help="train the encoder too (frozen in the paper)")
     g.add_argument("--keep_frozen", type=int, default=0, choices=range(5),
-                   help="with --unfreeze_encoder, the first N stages stay frozen (1: the stem, 2: and layer 1, ...)")
+                   help="with --unfreeze_encoder, the first N stages stay frozen (default 0; 1: the stem, 2: and "
+                        "layer 1, ...)")
     g.add_argument("--bn_eval", action="store_true",
                    help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
                         "runs with different numbers of processes exactly)")
     g = parser.add_argument_group("Loss")
     g.add_argument("--objective", default="lead", choices=OBJECTIVES,
-                   help="lead: the paper's distillation; dve: DVE's equivariance through an auxiliary image "
+                   help="lead (default): the paper's distillation; dve: DVE's equivariance through an auxiliary image "
                         "(no teacher in the loss); lead+dve: their sum, --dve_weight on the second; cl: "
                         "ContrastLandmark's dense loss (each image against itself, distance-weighted; features "
                         "through a spatial softmax; Table 6)")
-    g.add_argument("--tau", type=float, default=0.05, help="softmax temperature of Eq. 2 (and of DVE's matches)")
-    g.add_argument("--cl_tau", type=float, default=1 / 7, help="cl: softmax temperature (ContrastLandmark's 1/7)")
+    g.add_argument("--tau", type=float, default=0.05,
+                   help="softmax temperature of Eq. 2 and of DVE's matches (default 0.05)")
+    g.add_argument("--cl_tau", type=float, default=1 / 7,
+                   help="cl: softmax temperature (default 1/7, ContrastLandmark's)")
     g.add_argument("--cl_softmax", type=float, default=7.0,
-                   help="cl: multiplier of the features' spatial softmax (ContrastLandmark's softargmax_mul)")
-    g.add_argument("--dve_weight", type=float, default=1.0, help="weight of the DVE term in lead+dve")
-    g.add_argument("--dve_power", type=float, default=0.5, help="DVE's distance exponent (0.5 in DVE's code)")
+                   help="cl: multiplier of the features' spatial softmax (default 7, ContrastLandmark's "
+                        "softargmax_mul)")
+    g.add_argument("--dve_weight", type=float, default=1.0, help="weight of the DVE term in lead+dve (default 1)")
+    g.add_argument("--dve_power", type=float, default=0.5, help="DVE's distance exponent (default 0.5, as DVE's code)")
     g.add_argument("--dve_channels", type=int, default=0,
                    help="lead+dve: the DVE term shapes only the last K channels and LEAD's head sees the others "
                         "(0: both terms on all channels)")
     g.add_argument("--pairs", default="views", choices=PAIRS,
-                   help="views: two augmented views of each image; cross: each image with another of the batch; both")
+                   help="views (default): two augmented views of each image; cross: each image with another of the "
+                        "batch; both")
     g.add_argument("--chunk", default="auto",
-                   help="query positions per chunk of the loss (bounds memory, backward included): auto, none or N")
+                   help="query positions per chunk of the loss (bounds memory, backward included): auto (default), "
+                        "none or N")
     g = parser.add_argument_group("Optimisation")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for a batch of 256, scaled linearly")
-    g.add_argument("--weight_decay", type=float, default=1e-4)
-    g.add_argument("--batch_size", type=at_least(2), default=256, help="global batch (all processes together)")
-    g.add_argument("--epochs", type=at_least(1), default=20)
+    g.add_argument("--lr", type=float, default=1e-3, help=f"AdamW base learning rate (default 1e-3); {LR_RULE}")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    g.add_argument("--batch_size", type=at_least(2), default=256,
+                   help="global batch, all processes together (default 256)")
+    g.add_argument("--epochs", type=at_least(1), default=20, help="passes over the pretraining images (default 20)")
     g.add_argument("--max_steps", type=at_least(1), default=None,
                    help="total steps of --batch_size (overrides --epochs)")
-    g.add_argument("--warmup_epochs", type=float, default=2.0)
-    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view")
-    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
-    g.add_argument("--flip", type=float, default=0.5)
+    g.add_argument("--warmup_epochs", type=float, default=2.0,
+                   help="linear warm-up of the lr before its cosine decay (default 2; at most half the run)")
+    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
+    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
+                   help="area range of the random resized crops (default 0.08 1)")
+    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
     return parser
 
 
@@ -163,7 +171,8 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5, args.dve_channels)
     model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr * args.batch_size / 256, weight_decay=args.weight_decay, fused=True)
+    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay, fused=True)
     total = args.max_steps or args.epochs * steps_per_epoch
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
@@ -208,7 +217,7 @@ def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) ->
 
 
 def _probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str]:
-    cache, what = probe_data(args)
+    cache, what = probe_data(from_flags(DataSpec, vars(args)))
     dev = accelerator.device
     with eval_mode(student):
         name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
@@ -220,20 +229,22 @@ def _probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -
     return out, what
 
 
-def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetEncoder,
-               probe_on: str | None = None) -> str:
-    ref = model_ref(args, out)
+def model_card(args, run: Run, hub: HubTarget, teacher: ResNetEncoder, probe_result: dict, probe_on: str | None,
+               steps: int) -> str:
+    ref = hub.model_ref(run.out)
     return hub_card(
         f"LEAD stage 2: {args.feature_dim}-d dense features, {teacher.arch}",
         f"The compact dense extractor Φ_D of LEAD (WACV 2022): a ResNet encoder and an FPN decoder giving "
         f"{args.feature_dim} channels at 1/4 of the input, distilled by `dense_distill.py` from a stage-1 "
         f"encoder's {teacher.hypercolumn_dim}-d hypercolumn. Matching points by cosine similarity of these "
         "features carries landmarks between faces; a small regressor on them (`regress.py`) predicts landmarks.",
-        [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)", data_line(args, "pretrain"),
+        [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
+         data_line(from_flags(DataSpec, vars(args)), "pretrain"),
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
          f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
-         f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, seed {args.seed}",
-         f"precision: {precision_line(args)}"],
+         f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, lr {args.lr} per 256 images "
+         f"({run.flags['effective_lr']:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
+         f"precision: {run.precision_line()}"],
         probe_table(probe_result, probe_on),
         f'from common.models import DenseExtractor\nmodel = DenseExtractor.from_pretrained("{ref}")\n'
         f"features = model(images)   # images [B, 3, H, W] in [0, 1] -> [B, {args.feature_dim}, H/4, W/4]",
@@ -242,9 +253,8 @@ def model_card(args, out: Path, probe_result: dict, steps: int, teacher: ResNetE
         ["self-supervised", "dense-features", "facial-landmarks", "correspondence"])
 
 
-def main(args) -> dict:
-    out = Path(args.output_dir)
-    check_hub(args, "lead-64")
+def check_args(args) -> None:
+    """The user's mistakes that can be seen from the flags alone, as one line each."""
     if args.keep_frozen and not args.unfreeze_encoder:
         raise UserError("--keep_frozen applies to a trained encoder: add --unfreeze_encoder")
     if args.dve_channels and (args.objective != "lead+dve" or not 0 < args.dve_channels < args.feature_dim):
@@ -252,21 +262,23 @@ def main(args) -> dict:
                         f"and 0 < K < --feature_dim ({args.feature_dim}), got {args.dve_channels}")
     if args.chunk not in ("auto", "none") and not (args.chunk.isdigit() and int(args.chunk) > 0):
         raise UserError(f"--chunk must be auto, none or a number of positions, got {args.chunk!r}")
+
+
+def main(args) -> dict:
+    hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-64")
+    check_args(args)
     teacher = load_teacher(args.init_from)
-    accelerator, args.precision_reason = make_accelerator(args.mixed_precision, args.grad_accum, args.report_to, out,
-                                                          resumed=out if args.resume else None)
-    args.precision = accelerator.mixed_precision                # what auto chose: args.json and the model card
-    prepare_output(out, args.resume, args.overwrite, accelerator.is_main_process)
-    if args.resume:
-        check_resume_args(args, out, parser=get_args_parser())
-    accelerator.wait_for_everyone()
-    set_seed(args.seed)
+    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
+    run = Run(from_flags(RunSpec, vars(args)), {**vars(args), "effective_lr": lr}, get_args_parser(), "lead-distill")
+    accelerator = run.accelerator
     with accelerator.main_process_first():
-        cache = load_tensors(args, "pretrain")
+        cache = load_tensors(from_flags(DataSpec, vars(args)), "pretrain")
     check_batch(args.batch_size, accelerator.num_processes, len(cache))
-    if (args.pairs != "views" or "dve" in args.objective) and args.batch_size // accelerator.num_processes < 2:
+    local = args.batch_size // accelerator.num_processes
+    if (args.pairs != "views" or "dve" in args.objective) and local < 2:
         what = f"--objective {args.objective}" if "dve" in args.objective else f"--pairs {args.pairs}"
         raise UserError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
+    logger.info("lr: %g per 256 images, %g for the update of %d", args.lr, lr, args.batch_size * args.grad_accum)
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
@@ -274,46 +286,16 @@ def main(args) -> dict:
     teacher = teacher.to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     if args.bn_eval:
         freeze_batchnorm(model)
-    step = load_checkpoint(accelerator, out, {"model": model}, opt, sched) if args.resume else 0
-    if not args.resume and accelerator.is_main_process:
-        save_args(args, out)
-    local = args.batch_size // accelerator.num_processes
     n = math.ceil(args.crop_size / 4) ** 2                               # positions of the stride-4 map
     chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
-    stop = total if args.exit_after_steps is None else min(total, step + args.exit_after_steps)
-    t0, seen = time.perf_counter(), 0
-    report = Reporter(accelerator, out, "lead-distill", vars(args), total, step)
-    guard = FiniteGuard(accelerator.device)
-    while step < stop:
-        images = local_batch(cache, args.batch_size, step, args.seed, accelerator)
-        loss = train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk)
-        step += 1
-        guard.update(loss, step)
-        seen += args.batch_size
-        report.advance()
-        if step % args.log_every == 0 or step == stop:
-            guard.check(accelerator, out)
-            loss = accelerator.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
-            elapsed = time.perf_counter() - t0
-            report.log(step, {"loss": loss, "lr": sched.get_last_lr()[0], "images_per_s": seen / elapsed,
-                              "elapsed_s": elapsed, "world_size": accelerator.num_processes})
-        if step % args.checkpoint_every == 0 or step == stop:
-            guard.check(accelerator, out)
-            save_checkpoint(accelerator, out, step, args.checkpoints_total_limit, {"model": model}, opt, sched)
+    step = run.train(lambda images, i: train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk),
+                     cache, args.batch_size, total, {"model": model}, opt, sched, rate="images_per_s")
     if step < total:
-        report.close()
-        logger.info("stopped after step %d of %d; continue with --resume", step, total)
         return {"step": step}
     student = accelerator.unwrap_model(model).student
-    save_final(accelerator, out, student, model_card(args, out, {}, step, teacher))   # the weights before the probe
-    result, what = probe(args, accelerator, student, teacher)
-    if result:
-        report.log(step, {"probe": result, "probe_data": what})
-    report.close()
-    publish_final(accelerator, out, model_card(args, out, result, step, teacher, what), args,
-                  "LEAD stage 2 (dense distillation)")
-    return {"step": step, "probe": result}
+    return run.finish(student, lambda result, on: model_card(args, run, hub, teacher, result, on, step),
+                      lambda: probe(args, accelerator, student, teacher), hub, "LEAD stage 2 (dense distillation)")
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -29,7 +29,7 @@ logger = logging.getLogger("lead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from common.data import data_args                   # light: the data layer loads `datasets` only when used
+    from common.cli import data_args                    # light: the data layer loads `datasets` only when used
     parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()])
     parser.add_argument("--model", nargs="+", default=None,
                         help=f"stage-2 or stage-1 final/, Hub id, random-ARCH, pca:K, nmf:K (default: for photos and real "
@@ -104,8 +104,9 @@ def load_image(args, path: str):
     if split in ("pretrain", "train", "val", "test") and index.isdigit() and not Path(path).exists():
         from PIL import Image
 
-        from common.data import load_tensors
-        cache = load_tensors(args, split)
+        from common.cli import from_flags
+        from common.data import DataSpec, load_tensors
+        cache = load_tensors(from_flags(DataSpec, vars(args)), split)
         if int(index) >= len(cache):
             fail(f"{path}: the {split} split has {len(cache)} images")
         row = cache.batch([int(index)])
@@ -253,9 +254,11 @@ def benchmark(args) -> dict:
     """Table 1: same- and different-identity matching of every model on --pairs pairs of each kind."""
     import torch
     import torch.nn.functional as F
-    from common.data import load_tensors
+    from common.cli import from_flags
+    from common.data import DataSpec, load_tensors
     from common.features import check_source, load_model, load_source
     from common.probe import probe_all
+    data = from_flags(DataSpec, vars(args))
     specs = resolve_model(args, real=args.dataset != "synthetic")
     reduced = [check_source(spec, args.hypercolumn_from) in ("pca", "nmf") for spec in specs]
     device = pick_device(args.device)
@@ -263,7 +266,7 @@ def benchmark(args) -> dict:
     owners = list(sources.values()) + ([load_model(args.hypercolumn_from)] if any(reduced) else [])
     size = args.size or max(s.input_size for s in owners)     # one size for all: the pixel columns compare
     if any(reduced):                                          # PCA / NMF fitted on training images at that size
-        train = load_tensors(args, "train")
+        train = load_tensors(data, "train")
         fit = torch.from_numpy(train.images[:min(len(train), 1000)].copy()).float()
         fit = F.interpolate(fit, size=(size, size), mode="area").round().to(torch.uint8)
         sources.update({spec: load_source(spec, args.hypercolumn_from, fit, args.fit_rows).to(device)
@@ -271,7 +274,7 @@ def benchmark(args) -> dict:
     names = [sources[spec].name for spec in specs]
     names = [n if names.count(n) == 1 else spec for n, spec in zip(names, specs)]   # two of a kind: their paths
     results = probe_all({n: (lambda x, s=sources[spec]: s(x.to(device)).float().cpu()) for n, spec in
-                         zip(names, specs)}, load_tensors(args, args.split), size, args.pairs, args.seed)
+                         zip(names, specs)}, load_tensors(data, args.split), size, args.pairs, args.seed)
     table = {"size": size, "pairs": args.pairs, "split": args.split, "models": [
         {"name": n, "model": spec, "dim": sources[spec].dim, **results[n]} for n, spec in zip(names, specs)]}
     from common.files import write_json
@@ -305,5 +308,5 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    from common.cli import run
-    run(main, get_args_parser())
+    from common.cli import run_cli
+    run_cli(main, get_args_parser())

@@ -18,8 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import run
-from common.data import at_least, data_args, load_tensors, synthetic
+from common.cli import at_least, data_args, from_flags, run_cli
+from common.data import DataSpec, load_tensors, synthetic
 from common.errors import UserError
 from common.viz import landmark_grid
 
@@ -46,7 +46,7 @@ def main(args) -> dict:
     caches = {}
     for split in splits:
         t0 = time.perf_counter()
-        caches[split] = cache = load_tensors(args, split)
+        caches[split] = cache = load_tensors(from_flags(DataSpec, vars(args)), split)
         table.add_row(split, str(len(cache)), f"{cache.size}px", str(len(cache.meta.get("skipped", []))),
                       f"{time.perf_counter() - t0:.1f}")
     Console().print(table)
@@ -62,4 +62,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -17,6 +17,7 @@ the most labels, seed 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,14 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import run
-from common.data import at_least, data_args, describe, load_tensors, zoom_range
+from common.cli import at_least, data_args, from_flags, hub_args, run_cli, zoom_range
+from common.data import DataSpec, describe, load_tensors
 from common.errors import UserError
 from common.features import FeatureStore, check_source, eval_crops, load_source
 from common.files import write_json
 from common.metrics import EYES, inter_ocular, iod_error
 from common.models import LandmarkRegressor
-from common.hub import check_hub, data_line, hub_args, model_card, model_ref, push_to_hub
+from common.hub import HubTarget, data_line, model_card
+from common.optim import effective_lr
 from common.training import check_resume_args, make_accelerator, prepare_output, save_args
 from common.viz import landmark_grid
 
@@ -71,7 +73,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--shared_heatmaps", action="store_true", help="one set of --intermediate for all landmarks")
     g.add_argument("--softargmax_mul", type=float, default=100.0, help="heatmap logits are scaled by this")
     g.add_argument("--loss", default="l2", choices=["l2", "smooth_l1"])
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam (AMSGrad), as DVE")
+    g.add_argument("--lr", type=float, default=8e-3,
+                   help="Adam (AMSGrad) base learning rate, for 256 images (default 8e-3: DVE's 1e-3 at batch 32); "
+                        "the rate used is --lr x --batch_size / 256, every stage's rule (MAE's), also when fewer "
+                        "labelled images make the batch smaller; written to args.json as effective_lr")
     g.add_argument("--weight_decay", type=float, default=5e-4)
     g.add_argument("--batch_size", type=at_least(1), default=32)
     g.add_argument("--epochs", type=at_least(1), default=50, help="passes over the labelled images ...")
@@ -86,18 +91,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_eval_split(args, split: str) -> dict:
+def load_eval_split(data: DataSpec, split: str, resize: int, crop: int) -> dict:
     """A split as the protocol's crops: images uint8 [N, 3, crop, crop], landmarks [N, K, 2], visible [N, K]."""
-    cache = load_tensors(args, split)
+    cache = load_tensors(data, split)
     if len(cache) == 0:
         raise UserError(f"the {split} split is empty")
     if cache.landmarks.shape[1] == 0:
-        raise UserError(f"--dataset {args.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
+        raise UserError(f"--dataset {data.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
                         "data set")
     parts = []
     for s in range(0, len(cache), 256):                          # bounded memory on large sets
         b = cache.batch(range(s, min(s + 256, len(cache))))
-        parts.append(eval_crops(b["images"], b["landmarks"], b["visible"], args.resize, args.crop))
+        parts.append(eval_crops(b["images"], b["landmarks"], b["visible"], resize, crop))
     return {k: torch.cat(v) for k, v in zip(("images", "landmarks", "visible"), zip(*parts))}
 
 
@@ -161,7 +166,8 @@ def train_regressor(args, stores: dict, data: dict, idx: torch.Tensor, seed: int
     torch.manual_seed(seed)
     reg = LandmarkRegressor(stores["train"].source.dim, num_points, args.intermediate, args.softargmax_mul,
                             args.shared_heatmaps).to(dev)
-    opt = torch.optim.Adam(reg.parameters(), lr=args.lr, weight_decay=args.weight_decay, amsgrad=True)
+    opt = torch.optim.Adam(reg.parameters(), lr=effective_lr(args.lr, args.batch_size), weight_decay=args.weight_decay,
+                           amsgrad=True)
     target = to_unit(data["train"]["landmarks"], args.crop).to(dev)
     visible = data["train"]["visible"].to(dev)
     batch = min(args.batch_size, len(idx))
@@ -237,11 +243,11 @@ def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, Landmar
     return record, reg, pred
 
 
-def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict, name: str,
-               metric: str):
+def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict,
+               name: str, metric: str):
     """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels."""
     reg.save_pretrained(out / "final")
-    ref, feats = model_ref(args, out), args.features_from[0]
+    ref, feats = hub.model_ref(out), args.features_from[0]
     load = f'load_model("{feats}")' if feats.partition(":")[0] not in ("pca", "nmf") else \
         f'load_source("{feats}", "{args.hypercolumn_from}", train_images)   # refitted on the training images'
     (out / "final" / "README.md").write_text(model_card(
@@ -251,7 +257,8 @@ def save_final(args, out: Path, reg: LandmarkRegressor, record: dict, pred: torc
         f"{reg.num_points} points) trained by `regress.py` on the frozen features of "
         f"`{feats}`, which it needs at inference.",
         [f"features: `{feats}` (frozen), inputs resized to {args.resize} and centre-cropped to {args.crop}",
-         f"{data_line(args, 'train')}; {record['num_train']} labelled images"],
+         f"{data_line(from_flags(DataSpec, vars(args)), 'train')}; {record['num_train']} labelled images, lr "
+         f"{args.lr} per 256 images"],
         [f"- test error ({'% inter-ocular distance' if metric == 'iod' else '100 - PCK'}): {record['test']:.2f}; "
          f"the mean shape of the labelled images scores {record['mean_shape_test']:.2f}"],
         "from common.features import load_model, load_source\nfrom common.models import LandmarkRegressor\n"
@@ -277,7 +284,8 @@ def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -
                          "std": test.std().item() if len(runs) > 1 else 0.0, "mean_shape": floor.mean().item(),
                          "per_landmark": finite(torch.tensor([[math.nan if v is None else v for v in r["per_landmark"]]
                                                               for r in runs]).nanmean(0))})
-    return {"dataset": describe(args, args.score_split), "score_split": args.score_split, "variant": args.variant,
+    return {"dataset": describe(from_flags(DataSpec, vars(args)), args.score_split), "score_split": args.score_split,
+            "variant": args.variant,
             "metric": metric,
             "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
             "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [args.resize, args.crop],
@@ -320,15 +328,15 @@ def write_reports(out: Path, results: dict) -> None:
         plt.close(fig)
 
 
-# flags that change no result: a resumed run may change them (and --num_train / --seeds only add or drop runs)
-FREE_ON_RESUME = {"resume", "overwrite", "cache_gb", "feature_batch", "data_workers", "push_to_hub", "hub_model_id",
-                  "hub_private", "num_train", "seeds", "argv"}
+# flags of this script that change no result: a resumed run may change them (and --num_train / --seeds only add or
+# drop runs)
+ALSO_FREE_ON_RESUME = {"cache_gb", "feature_batch", "num_train", "seeds"}
 
 
-def check_args(args) -> None:
-    """Every user mistake that can be seen before any work, on every process, as one line."""
+def check_args(args) -> HubTarget:
+    """Every user mistake that can be seen before any work, on every process, as one line; the upload target."""
     out = Path(args.output_dir)
-    check_hub(args, "lead-regressor")
+    hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-regressor")
     if args.resize < args.crop:
         raise UserError(f"--crop {args.crop} is larger than --resize {args.resize}")
     if args.dataset == "imagefolder":
@@ -341,13 +349,20 @@ def check_args(args) -> None:
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
-        check_resume_args(args, out, FREE_ON_RESUME, get_args_parser())
+        check_resume_args(flags(args), out, ALSO_FREE_ON_RESUME, get_args_parser())
+    return hub
+
+
+def flags(args) -> dict:
+    """args.json: the flags and the lr they give."""
+    return {**vars(args), "effective_lr": effective_lr(args.lr, args.batch_size)}
 
 
 def load_data(args) -> dict:
-    data = {split: load_eval_split(args, split) for split in ("train", "val")}
-    test_args = argparse.Namespace(**{**vars(args), "zoom_out": args.test_zoom_out or args.zoom_out})
-    data["test"] = load_eval_split(test_args, "test") if args.score_split == "test" else data["val"]
+    spec = from_flags(DataSpec, vars(args))
+    data = {split: load_eval_split(spec, split, args.resize, args.crop) for split in ("train", "val")}
+    test = dataclasses.replace(spec, zoom_out=args.test_zoom_out or args.zoom_out)
+    data["test"] = load_eval_split(test, "test", args.resize, args.crop) if args.score_split == "test" else data["val"]
     data["train"], dropped = without_val(data["train"], data["val"])
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)
@@ -358,7 +373,7 @@ def load_data(args) -> dict:
 
 def main(args) -> dict:
     out = Path(args.output_dir)
-    check_args(args)
+    hub = check_args(args)
     accelerator, _ = make_accelerator("no", 1, "none", out)
     if not args.resume:
         prepare_output(out, False, args.overwrite, accelerator.is_main_process)
@@ -366,7 +381,7 @@ def main(args) -> dict:
     if accelerator.is_main_process:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            save_args(args, out)
+            save_args(flags(args), out)
     with accelerator.main_process_first():
         data = load_data(args)
     num_points = data["train"]["landmarks"].shape[1]
@@ -385,7 +400,7 @@ def main(args) -> dict:
             write_json(out / "runs" / f"source-{task[0]}.json", infos[task[0]])
         record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
         if task == (0, largest, 0):                             # before the record: a resume would skip it
-            save_final(args, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric)
+            save_final(args, hub, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric)
         write_json(path, record)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -397,10 +412,9 @@ def main(args) -> dict:
     write_json(out / "results.json", results)
     write_reports(out, results)
     logger.info("results: %s\n%s", out / "results.json", (out / "results.md").read_text())
-    if args.push_to_hub:                     # at the end, also when a resumed run had final/ already
-        push_to_hub(out / "final", args.hub_model_id, args.hub_private, "LEAD stage 3 (landmark regressor)")
+    hub.push(out / "final", "LEAD stage 3 (landmark regressor)")   # also when a resumed run had final/ already
     return results
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -8,12 +8,18 @@ leaving every point where it is.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .augment import warped_pairs
 from .metrics import inter_ocular, match
+
+if TYPE_CHECKING:
+    from .data import DataSpec
 
 
 def resized(cache, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,30 +89,28 @@ def photo_probe(extract, size: int, pairs: int = 50, seed: int = 0) -> dict[str,
             "photo_floor_px": (points - truth).norm(dim=-1).mean().item()}
 
 
-def probe_data(args):
+def probe_data(data: DataSpec):
     """The labelled faces a training run's matching probe uses, and a line that says which: the run's own
     validation split when it has landmarks (and two faces or more), else the synthetic validation faces at the
     same --image_size (an image folder, a source without landmarks or without a val split)."""
-    import argparse
-
     from .data import load_split, load_tensors
     from .errors import UserError
-    labelled = args.dataset == "synthetic"
-    if args.dataset not in ("synthetic", "imagefolder"):    # an image folder has no landmarks: not read again
+    labelled = data.dataset == "synthetic"
+    if data.dataset not in ("synthetic", "imagefolder"):    # an image folder has no landmarks: not read again
         try:                                                # the rows first: no cache of images without landmarks
-            labelled = "landmarks" in load_split(args, "val").column_names
+            labelled = "landmarks" in load_split(data, "val").column_names
         except UserError:                                   # no val split
             pass
     if labelled:
-        cache = load_tensors(args, "val")
+        cache = load_tensors(data, "val")
         if cache.landmarks.shape[1] and len(cache) >= 2:
             known = bool((np.asarray(cache.identity) >= 0).any())
-            return cache, (f"--dataset {args.dataset}, val split, {len(cache)} faces"
+            return cache, (f"--dataset {data.dataset}, val split, {len(cache)} faces"
                            + ("" if known else "; identities unknown: two images count as two identities"))
-    synthetic = argparse.Namespace(**{**vars(args), "dataset": "synthetic", "data_dir": None, "num_images": None})
+    synthetic = dataclasses.replace(data, dataset="synthetic", data_dir=None, num_images=None, add_data=())
     cache = load_tensors(synthetic, "val")
     return cache, (f"the synthetic val split ({len(cache)} faces, {synthetic.variant}), because --dataset "
-                   f"{args.dataset} has no labelled val split of two faces or more")
+                   f"{data.dataset} has no labelled val split of two faces or more")
 
 
 def guarded(probe, *args, **kwargs):

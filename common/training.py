@@ -1,14 +1,14 @@
-"""The training loop's shared parts: the output folder contract, schedules, EMA, checkpoints, logs."""
+"""The training stages' run contract (Run: output folder, precision, steps, logs, checkpoints, final/) and its parts."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ import torch
 
 from .checkpoint import load_state, save_state
 from .errors import UserError
-from .hub import hub_args, push_to_hub
-from .precision import PRECISIONS, device_type, precision_name, run_precision
+from .hub import HubTarget
+from .precision import device_type, precision_name, run_precision
 
 
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -45,35 +45,6 @@ def freeze_batchnorm(*modules: torch.nn.Module) -> None:
                 m.eval()
 
 
-def run_args(output_dir: str) -> argparse.ArgumentParser:
-    """The flags every training stage shares: output folder, resume, precision, logging, checkpoints, Hub."""
-    from .data import at_least
-
-    parser = argparse.ArgumentParser(add_help=False)
-    g = parser.add_argument_group("Run")
-    g.add_argument("--output_dir", default=output_dir)
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
-    g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mixed_precision", default="auto", choices=PRECISIONS,
-                   help="auto (default): bf16 where the device computes it fast (a CUDA GPU with bf16; a CPU where a "
-                        "short probe finds bf16 faster), else fp32 (no); the choice and its reason go to args.json")
-    g.add_argument("--grad_accum", type=at_least(1), default=1,
-                   help="accumulate gradients over this many steps (each of --batch_size) per optimiser update; "
-                        "--max_steps, the schedules and the lr scaling count steps, not updates")
-    g.add_argument("--log_every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
-    g.add_argument("--report_to", default="none", choices=TRACKERS,
-                   help="also log to this Accelerate tracker (optional package; metrics.jsonl is always written)")
-    g.add_argument("--checkpoint_every", type=at_least(1), default=500, help="steps between checkpoints")
-    g.add_argument("--checkpoints_total_limit", type=at_least(1), default=2, help="checkpoints kept")
-    g.add_argument("--exit_after_steps", type=at_least(1), default=None,
-                   help="stop (checkpointed) after this many steps of this run, e.g. for time-limited jobs; "
-                        "continue with --resume")
-    g.add_argument("--probe_pairs", type=int, default=100, help="pairs of each kind for the matching probe (0: off)")
-    hub_args(parser)
-    return parser
-
-
 def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     """The global batch of a step: epoch e is a permutation drawn from (seed, e); the last partial
     batch of an epoch is dropped. Depends only on the step, so a resumed run continues exactly."""
@@ -81,24 +52,6 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).numpy()
     return perm[k * batch:(k + 1) * batch]
-
-
-def save_final(accelerator, out: Path, model, card: str) -> None:
-    """The hand-off folder OUTPUT/final/ (config.json, model.safetensors, README.md model card), written by the
-    main process as soon as training ends, before any probe or upload can fail."""
-    if accelerator.is_main_process:
-        model.save_pretrained(out / "final")
-        (out / "final" / "README.md").write_text(card)
-    accelerator.wait_for_everyone()
-
-
-def publish_final(accelerator, out: Path, card: str, args, message: str) -> None:
-    """The final model card (with the probe's figures), and the upload of final/ with --push_to_hub."""
-    if accelerator.is_main_process:
-        (out / "final" / "README.md").write_text(card)
-        if args.push_to_hub:
-            push_to_hub(out / "final", args.hub_model_id, args.hub_private, message)
-    accelerator.wait_for_everyone()
 
 
 def check_batch(batch_size: int, processes: int, images: int) -> None:
@@ -144,13 +97,6 @@ def make_accelerator(mixed_precision: str, grad_accum: int, report_to: str = "no
     return accelerator, reason
 
 
-def precision_line(args) -> str:
-    """The precision a run trained in and why, for its model card (runs from before `auto` recorded neither)."""
-    precision = getattr(args, "precision", args.mixed_precision)
-    reason = getattr(args, "precision_reason", None)
-    return precision_name(precision) + (f" ({reason})" if reason else "")
-
-
 def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
     """Refuse to touch a used folder unless --resume (continue) or --overwrite (replace) says so."""
     used = out.exists() and any(out.iterdir())
@@ -164,52 +110,38 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
         out.mkdir(parents=True, exist_ok=True)
 
 
-# flags that change nothing a run computes: a resumed run may give them other values
-FREE_ON_RESUME = {"resume", "overwrite", "exit_after_steps", "log_every", "checkpoint_every",
-                  "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id", "hub_private",
-                  "data_workers", "probe_pairs", "eval_every", "argv",
-                  "mixed_precision", "precision", "precision_reason"}     # make_accelerator checks the precision
+# flags that change nothing any script computes: a resumed run may give them other values (effective_lr is derived
+# from flags that are checked)
+FREE_ON_RESUME = {"resume", "overwrite", "argv", "data_workers", "push_to_hub", "hub_model_id", "hub_private",
+                  "effective_lr"}
+# and those of a training stage's run (make_accelerator checks the precision itself)
+RUN_FREE_ON_RESUME = {"exit_after_steps", "log_every", "checkpoint_every", "checkpoints_total_limit", "report_to",
+                      "probe_pairs", "eval_every", "mixed_precision", "precision", "precision_reason"}
 
 
-def check_resume_args(args, out: Path, free: set = FREE_ON_RESUME, parser=None) -> None:
+def check_resume_args(flags: dict, out: Path, also_free: set = frozenset(), parser=None) -> None:
     """--resume continues the run of `out` with its own settings: another value of a flag that changes the
     result (a model from another architecture, other data, another schedule) is a one-line error, before
     anything is loaded or written. A flag added to the scripts since that run began (absent from its args.json)
-    may keep its default (`parser`'s) or an off value."""
+    may keep its default (`parser`'s) or an off value. FREE_ON_RESUME and `also_free` (the script's) may change."""
     if not (out / "args.json").is_file():
         raise UserError(f"{out}: nothing to resume (no args.json)")
     before = json.loads((out / "args.json").read_text())
-    now = json.loads(json.dumps(vars(args), default=str))
+    now = json.loads(json.dumps(flags, default=str))
 
     def default(k):
         return json.loads(json.dumps(parser.get_default(k), default=str)) if parser is not None else None
     added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "", default(k))}
-    changed = sorted(k for k in (now.keys() | before.keys()) - free - added if before.get(k) != now.get(k))
+    free = FREE_ON_RESUME | also_free | added
+    changed = sorted(k for k in (now.keys() | before.keys()) - free if before.get(k) != now.get(k))
     if changed:
         raise UserError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
                         "--output_dir, or --overwrite")
 
 
-def save_args(args, out: Path) -> None:
-    (out / "args.json").write_text(json.dumps({**vars(args), "argv": sys.argv}, indent=1, default=str))
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
-
-
-def ema_momentum(step: int, total: int, base: float) -> float:
-    """BYOL's target momentum: base at the start, rising along a cosine to 1 at the end."""
-    return 1 - (1 - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(target: list[torch.Tensor], online: list[torch.Tensor], momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, in one fused call (no Python loop)."""
-    torch._foreach_lerp_(target, online, 1 - momentum)
+def save_args(flags: dict, out: Path) -> None:
+    """args.json: the run's flags (vars(args)), what it derived from them (precision, effective lr) and its argv."""
+    (out / "args.json").write_text(json.dumps({**flags, "argv": sys.argv}, indent=1, default=str))
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -265,41 +197,112 @@ class FiniteGuard:
                             f"checkpoint: {kept[-1] if kept else 'none'}); lower --lr, or use --mixed_precision no")
 
 
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), BYOL's optimiser:
-    a group with `adapt` scales each tensor's step d = g + wd * w by trust * |w| / |d|. Build the
-    groups with `lars_groups`: biases and BatchNorm parameters get neither the scaling nor weight
-    decay, as in BYOL and DINO."""
-
-    def __init__(self, params, lr: float, momentum: float = 0.9, trust: float = 1e-3):
-        super().__init__(params, dict(lr=lr, momentum=momentum, trust=trust, weight_decay=0.0, adapt=True))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        # foreach ops: a handful of kernels per group, not several per tensor (161 tensors in a ResNet-50)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            d = torch._foreach_add([p.grad for p in params], params, alpha=group["weight_decay"])
-            if group["adapt"]:
-                w_norm, d_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
-                ok = (w_norm > 0) & (d_norm > 0)
-                torch._foreach_mul_(d, torch.where(ok, group["trust"] * w_norm / d_norm, 1.0).unbind())
-            for p in params:
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            bufs = [self.state[p]["momentum_buffer"] for p in params]
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, d)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+@dataclass(frozen=True)
+class RunSpec:
+    """What a training stage's run flags decide (common.cli.run_args says what each means)."""
+    output_dir: str
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    mixed_precision: str = "auto"
+    grad_accum: int = 1
+    log_every: int = 10
+    report_to: str = "none"
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    exit_after_steps: int | None = None
+    probe_pairs: int = 100
 
 
-def lars_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weights (2-d and up): adapted and decayed; biases and norm parameters (1-d): neither."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "adapt": True},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "adapt": False}]
+class Run:
+    """The run contract of the training stages, in one place: the output folder (--resume, --overwrite), the
+    precision, args.json, the steps with their guard, logs, periodic probe and checkpoints, then final/ with its
+    model card and upload. A stage builds its model between Run(...) and train(), and passes its step function:
+
+        run = Run(spec, flags, parser, "lead-byol")          # flags: vars(args) and what main derived from them
+        ...  build the model, accelerator.prepare(...)
+        step = run.train(step_fn, cache, batch_size, total, {"model": model}, opt, sched)
+        if step == total:
+            result = run.finish(model, card, probe, hub, "message")
+    """
+
+    def __init__(self, spec: RunSpec, flags: dict, parser, project: str):
+        self.spec, self.project, self.out = spec, project, Path(spec.output_dir)
+        self.accelerator, self.precision_reason = make_accelerator(
+            spec.mixed_precision, spec.grad_accum, spec.report_to, self.out, resumed=self.out if spec.resume else None)
+        self.precision = self.accelerator.mixed_precision                  # what auto chose
+        self.flags = {**flags, "precision": self.precision, "precision_reason": self.precision_reason}
+        prepare_output(self.out, spec.resume, spec.overwrite, self.accelerator.is_main_process)
+        if spec.resume:
+            check_resume_args(self.flags, self.out, RUN_FREE_ON_RESUME, parser)
+        self.accelerator.wait_for_everyone()
+        from accelerate.utils import set_seed
+        set_seed(spec.seed)
+        self.report = self.step = self.total = None
+
+    def precision_line(self) -> str:
+        """The precision the run trains in and why, for its model card."""
+        return f"{precision_name(self.precision)} ({self.precision_reason})"
+
+    def train(self, step_fn, cache, batch_size: int, total: int, state: dict, opt, sched, rate: str = "images_per_s",
+              probe=None, probe_every: int = 0) -> int:
+        """Steps from the newest checkpoint (--resume) or 0 up to `total` (or --exit_after_steps more); the step
+        reached. step_fn(images, step) -> the step's loss (a device scalar) runs one step on this process's share
+        of the global batch (uint8 [B/processes, 3, S, S]); `state` (modules by name), opt and sched are what a
+        checkpoint holds; `rate` names the throughput logged (images or pairs of views per second); probe() ->
+        (figures, what data) runs every `probe_every` steps besides the end (0: only at the end)."""
+        acc, spec, out = self.accelerator, self.spec, self.out
+        step = load_checkpoint(acc, out, state, opt, sched) if spec.resume else 0
+        if not spec.resume and acc.is_main_process:
+            save_args(self.flags, out)
+        stop = total if spec.exit_after_steps is None else min(total, step + spec.exit_after_steps)
+        self.report = Reporter(acc, out, self.project, self.flags, total, step)
+        guard, t0, seen = FiniteGuard(acc.device), time.perf_counter(), 0
+        while step < stop:
+            loss = step_fn(local_batch(cache, batch_size, step, spec.seed, acc), step)
+            step += 1
+            guard.update(loss, step)
+            seen += batch_size
+            self.report.advance()
+            if step % spec.log_every == 0 or step == stop:
+                guard.check(acc, out)
+                loss = acc.gather(loss[None]).mean().item()   # the only host sync, every log_every steps
+                elapsed = time.perf_counter() - t0
+                self.report.log(step, {"loss": loss, "lr": sched.get_last_lr()[0], rate: seen / elapsed,
+                                       "elapsed_s": elapsed, "world_size": acc.num_processes})
+            if probe is not None and probe_every and step % probe_every == 0 and step < total:
+                self.log_probe(step, *probe())
+                acc.wait_for_everyone()
+            if step % spec.checkpoint_every == 0 or step == stop:
+                guard.check(acc, out)
+                save_checkpoint(acc, out, step, spec.checkpoints_total_limit, state, opt, sched)
+        self.step, self.total = step, total
+        if step < total:
+            self.report.close()
+            logging.getLogger("lead").info("stopped after step %d of %d; continue with --resume", step, total)
+        return step
+
+    def log_probe(self, step: int, result: dict, what: str | None) -> None:
+        if result:
+            self.report.log(step, {"probe": result, "probe_data": what})
+
+    def finish(self, model, card, probe, hub: HubTarget, message: str) -> dict:
+        """After the last step: final/ (`model`'s config.json and model.safetensors, and card({}, None) as its
+        README.md) written before the probe, so that a failed probe or upload loses nothing; then the probe, the
+        card with its figures (card(figures, what data)) and the upload to `hub`."""
+        acc, out = self.accelerator, self.out
+        if acc.is_main_process:
+            model.save_pretrained(out / "final")
+            (out / "final" / "README.md").write_text(card({}, None))
+        acc.wait_for_everyone()
+        result, what = probe()
+        self.log_probe(self.step, result, what)
+        self.report.close()
+        if acc.is_main_process:
+            (out / "final" / "README.md").write_text(card(result, what))
+            hub.push(out / "final", message)
+        acc.wait_for_everyone()
+        return {"step": self.step, "probe": result}
 
 
 def _flat(record: dict, prefix: str = "") -> dict:

@@ -37,7 +37,7 @@ import match  # noqa: E402
 import parts  # noqa: E402
 import regress  # noqa: E402
 from ablation_report import CLS, LEAD, path_of, publish, write_report  # noqa: E402
-from common.cli import run  # noqa: E402
+from common.cli import run_cli  # noqa: E402
 
 logger = logging.getLogger("lead")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +47,7 @@ SCALES = {
     "cpu": {
         "data": [],
         "s1": ["--arch", "resnet18", "--crop_size", "64", "--batch_size", "64", "--max_steps", "100",
-               "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "512", "--warmup_epochs", "0.1",
+               "--optimizer", "adam", "--lr", "4e-3", "--proj_hidden", "512", "--warmup_epochs", "0.1",
                "--checkpoint_every", "50"],
         "s2": ["--crop_size", "64", "--batch_size", "32", "--max_steps", "150", "--lr", "1e-2",
                "--warmup_epochs", "0.1", "--checkpoint_every", "50"],
@@ -63,7 +63,7 @@ SCALES = {
     "quick": {
         "data": ["--image_size", "64", "--num_images", "48", "--data_workers", "1"],
         "s1": ["--arch", "resnet18", "--crop_size", "32", "--batch_size", "8", "--max_steps", "2", "--optimizer",
-               "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--probe_pairs", "0",
+               "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--probe_pairs", "0",
                "--queue_size", "32"],
         "s2": ["--crop_size", "32", "--batch_size", "8", "--max_steps", "2", "--fpn_width", "64", "--probe_pairs",
                "0", "--warmup_epochs", "0"],
@@ -188,4 +188,4 @@ def main(args) -> Path:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

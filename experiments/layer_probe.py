@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.data import data_args, load_tensors  # noqa: E402
+from common.cli import data_args, from_flags  # noqa: E402
+from common.data import DataSpec, load_tensors  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
 from common.probe import matching_probe, photo_probe  # noqa: E402
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cache = load_tensors(args, "val")
+    cache = load_tensors(from_flags(DataSpec, vars(args)), "val")
     trained = ResNetEncoder.from_pretrained(args.model).eval()
     torch.manual_seed(0)
     random = ResNetEncoder(trained.arch, last_stride=trained.last_stride).eval()

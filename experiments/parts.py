@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.cli import run  # noqa: E402
-from common.data import at_least, data_args, load_tensors  # noqa: E402
+from common.cli import at_least, data_args, from_flags, run_cli  # noqa: E402
+from common.data import DataSpec, load_tensors  # noqa: E402
 from common.errors import UserError
 from common.features import check_source, fit_nmf, load_source, nmf_project  # noqa: E402
 from common.probe import resized  # noqa: E402
@@ -156,7 +156,7 @@ def main(args) -> dict:
     for spec in args.model:
         check_source(spec)
     prepare_output(out, False, args.overwrite, True)
-    cache = load_tensors(args, "val")
+    cache = load_tensors(from_flags(DataSpec, vars(args)), "val")
     idx = np.sort(np.random.default_rng(args.seed).choice(len(cache), min(args.images, len(cache)), replace=False))
     images, landmarks = resized(cache, idx, args.size)
     identity = np.asarray(cache.identity)[idx]
@@ -183,4 +183,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_cli(main, get_args_parser())

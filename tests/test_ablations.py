@@ -12,7 +12,7 @@ import byol_pretrain
 from common.features import load_model
 from common.losses import cl_loss, info_nce
 from common.models import DenseExtractor, ResNetEncoder
-from common.training import ema_update
+from common.optim import ema_update
 
 
 def test_info_nce_against_a_loop_reference():

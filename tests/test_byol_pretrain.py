@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 import byol_pretrain
 from common.errors import UserError
 from common.models import ResNetEncoder
-from common.training import ema_momentum, ema_update, warmup_cosine
+from common.optim import ema_momentum, ema_update, warmup_cosine
 
 TINY = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",
-        "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
+        "--optimizer", "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
         "--data_workers", "1", "--checkpoint_every", "100"]
 
 
@@ -38,7 +38,7 @@ def test_writes_a_loadable_encoder_and_finite_metrics(cache_dir, tmp_path):
 @pytest.mark.parametrize("optimizer, objective", [("adam", "byol"), ("lars", "byol"), ("adam", "moco")])
 def test_resume_continues_exactly(cache_dir, tmp_path, optimizer, objective):
     """moco: the queue of keys is restored too (a fresh one would change the negatives of steps 3-4)."""
-    opt = ["--optimizer", optimizer, "--lr", "1e-3" if optimizer == "adam" else "0.2", "--objective", objective]
+    opt = ["--optimizer", optimizer, "--lr", "3.2e-2" if optimizer == "adam" else "0.2", "--objective", objective]
     run(tmp_path / "straight", "--max_steps", "4", "--probe_pairs", "0", *opt)
     assert run(tmp_path / "split", "--max_steps", "4", "--probe_pairs", "0", "--exit_after_steps", "2",
                *opt)["step"] == 2

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import load_state, save_state
-from common.training import LARS, lars_groups, warmup_cosine
+from common.optim import LARS, lars_groups, warmup_cosine
 
 
 def make(optimizer: str):

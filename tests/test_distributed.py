@@ -19,7 +19,7 @@ import dense_distill
 from conftest import ROOT
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",
-          "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
+          "--optimizer", "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
           "--data_workers", "1", "--probe_pairs", "0", "--bn_eval", "--max_steps", "4", "--warmup_epochs", "0",
           "--objective", "byol+pixel"]
 STAGE2 = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8", "--lr", "1e-2",

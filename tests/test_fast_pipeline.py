@@ -13,7 +13,7 @@ import byol_pretrain
 import dense_distill
 from common.augment import VIEW1, byol_views, colour, view_configs, view_correspondence, view_params
 from common.models import DenseExtractor, ResNetEncoder
-from common.training import ema_update
+from common.optim import ema_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUANTILES = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])

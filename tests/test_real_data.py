@@ -44,7 +44,7 @@ def test_four_steps_of_each_stage_on_real_photos(cache_dir, tmp_path):
             "--num_images", "48", "--image_size", "48", "--crop_size", "32", "--batch_size", "8", "--max_steps", "4",
             "--probe_pairs", "6", "--data_workers", "1"]
     s1 = byol_pretrain.main(byol_pretrain.get_args_parser().parse_args(data + [
-        "--arch", "resnet18", "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16",
+        "--arch", "resnet18", "--optimizer", "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16",
         "--objective", "pixel", "--dve_weight", "4", "--crop_scale", "0.3", "1", "--output_dir", str(tmp_path / "s1")]))
     s2 = dense_distill.main(dense_distill.get_args_parser().parse_args(data + [
         "--init_from", str(tmp_path / "s1" / "final"), "--feature_dim", "16", "--fpn_width", "16", "--head_dim", "32",

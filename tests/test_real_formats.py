@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from common.data import data_args, load_tensors
+from common.cli import data_args, from_flags
+from common.data import DataSpec, load_tensors
 from common.errors import UserError
 from common.imageio import crop_resize
 from common.data.readers import MTFL_SIDE, READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
@@ -24,8 +25,12 @@ def name(ds, i):
     return ds.cast_column("image", __import__("datasets").Image(decode=False))[i]["image"]["path"].split("/")[-1]
 
 
-def flags(*argv):
-    return argparse.ArgumentParser(parents=[data_args()]).parse_args(list(argv))
+def parsed(*argv) -> dict:
+    return vars(argparse.ArgumentParser(parents=[data_args()]).parse_args(list(argv)))
+
+
+def flags(*argv) -> DataSpec:
+    return from_flags(DataSpec, parsed(*argv))
 
 
 def test_mtfl_splits_points_and_boxes(tmp_path):
@@ -127,12 +132,12 @@ def test_pretraining_on_the_union_of_sources(cache_dir, tmp_path):
 
 def test_resume_accepts_a_run_written_before_a_flag_was_added(tmp_path):
     from common.training import check_resume_args
-    args = flags("--dataset", "synthetic")
-    old = {k: v for k, v in vars(args).items() if k != "add_data"}
+    now = parsed("--dataset", "synthetic")
+    old = {k: v for k, v in now.items() if k != "add_data"}
     (tmp_path / "args.json").write_text(json.dumps(old))
-    check_resume_args(args, tmp_path)                                  # --add_data left off: the same run
+    check_resume_args(now, tmp_path)                                   # --add_data left off: the same run
     with pytest.raises(UserError, match=r"other settings than .* \(add_data\)"):
-        check_resume_args(flags("--add_data", "synthetic"), tmp_path)
+        check_resume_args(parsed("--add_data", "synthetic"), tmp_path)
 
 
 def test_resume_accepts_a_flag_added_since_at_its_default(tmp_path):
@@ -144,9 +149,9 @@ def test_resume_accepts_a_flag_added_since_at_its_default(tmp_path):
     args = parser.parse_args(["--features_from", "random-resnet18"])
     (tmp_path / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "score_split"},
                                                    default=str))
-    check_resume_args(args, tmp_path, parser=parser)
+    check_resume_args(vars(args), tmp_path, parser=parser)
     with pytest.raises(UserError, match=r"\(score_split\)"):
-        check_resume_args(args, tmp_path)                              # without the parser: not known to be off
+        check_resume_args(vars(args), tmp_path)                        # without the parser: not known to be off
     with pytest.raises(UserError, match=r"\(score_split\)"):
-        check_resume_args(parser.parse_args(["--features_from", "random-resnet18", "--score_split", "val"]),
+        check_resume_args(vars(parser.parse_args(["--features_from", "random-resnet18", "--score_split", "val"])),
                           tmp_path, parser=parser)

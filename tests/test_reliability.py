@@ -19,7 +19,7 @@ from common.training import checkpoint_dirs
 from conftest import ROOT
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",
-          "--optimizer", "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
+          "--optimizer", "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--log_every", "1",
           "--data_workers", "1", "--probe_pairs", "0"]
 STAGE2 = ["--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8", "--lr", "1e-2",
           "--feature_dim", "16", "--fpn_width", "16", "--head_dim", "32", "--log_every", "1", "--data_workers", "1",
@@ -201,7 +201,7 @@ def test_bad_images_are_skipped_and_listed_and_too_many_stop_the_run(cache_dir, 
     (photos / "good_7b_text.jpg").write_text("not an image")
     Image.new("RGB", (1, 1)).save(photos / "good_9b_tiny.png")
     flags = ["--dataset", "imagefolder", "--data_dir", str(photos), "--image_size", "32", "--arch", "resnet18",
-             "--crop_size", "32", "--batch_size", "8", "--max_steps", "2", "--optimizer", "adam", "--lr", "1e-3",
+             "--crop_size", "32", "--batch_size", "8", "--max_steps", "2", "--optimizer", "adam", "--lr", "3.2e-2",
              "--proj_hidden", "32", "--proj_dim", "16", "--data_workers", "1", "--probe_pairs", "0"]
     with caplog.at_level("WARNING"):
         result = byol_pretrain.main(byol_pretrain.get_args_parser().parse_args(

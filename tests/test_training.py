@@ -7,7 +7,8 @@ import torch.nn as nn
 from accelerate.tracking import GeneralTracker
 
 from common.errors import UserError
-from common.training import LARS, Reporter, eval_mode, lars_groups, make_accelerator
+from common.training import Reporter, eval_mode, make_accelerator
+from common.optim import LARS, lars_groups
 
 
 def test_lars_matches_the_update_rule_by_hand():

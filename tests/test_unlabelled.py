@@ -12,7 +12,7 @@ from common.models import DenseExtractor, ResNetEncoder
 from common.probe import other_faces
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--batch_size", "8", "--optimizer",
-          "adam", "--lr", "1e-3", "--proj_hidden", "32", "--proj_dim", "16", "--data_workers", "1", "--max_steps", "2",
+          "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--data_workers", "1", "--max_steps", "2",
           "--probe_pairs", "4"]
 STAGE2 = ["--crop_size", "32", "--image_size", "32", "--batch_size", "8", "--lr", "1e-2", "--feature_dim", "16",
           "--fpn_width", "16", "--head_dim", "32", "--data_workers", "1", "--warmup_epochs", "0", "--max_steps", "2",
@@ -92,14 +92,15 @@ def test_the_probe_falls_back_on_the_synthetic_faces_without_a_labelled_val_spli
 
     import datasets
 
-    from common.data import data_args
+    from common.cli import data_args, from_flags
+    from common.data import DataSpec
     from common.probe import probe_data
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images})}).save_to_disk(tmp_path / "saved")
     args = argparse.ArgumentParser(parents=[data_args()]).parse_args(
         ["--dataset", str(tmp_path / "saved"), "--image_size", "32", "--data_workers", "1"])
-    cache, what = probe_data(args)
+    cache, what = probe_data(from_flags(DataSpec, vars(args)))
     assert len(cache) == 300 and cache.landmarks.shape[1:] == (5, 2)
     assert what.startswith("the synthetic val split (300 faces") and "has no labelled val split" in what
     assert not list((cache_dir / "tensors").glob("*saved*"))             # nothing of the saved set was cached
