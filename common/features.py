@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .errors import UserError
-from .models import DenseExtractor, ResNetEncoder
+from .models import ARCHS, DenseExtractor, ResNetEncoder
 
 logger = logging.getLogger("lead")
-ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
 class FeatureSource(nn.Module):
