@@ -15,12 +15,12 @@ import math
 import sys
 from pathlib import Path
 
-# The paper's published numbers (LEAD, ResNet-50, CelebA pretraining, 96 px): Table 1 (matching on MAFL, 500 + 500
-# pairs; its header says % IOD, the values are on the scale of DVE's pixel errors), Table 4 (regression, 64-d),
-# Table 2 (the best LEAD row) and Table 5 (AFLW_M, number of annotations, 64-d).
-PAPER_MATCHING = {"LEAD-64": (0.51, 2.60), "NMF-64": (0.84, 5.74), "LEAD hypercolumn (3840-d)": (0.49, 3.06)}
-PAPER_REGRESSION = {"LEAD-64 (Table 4)": (2.93, 6.32), "LEAD best (Table 2)": (2.39, 5.65)}
-PAPER_FEWSHOT = {1: 21.8, 5: 13.34, 10: 11.50, 20: 10.13, 50: 9.29, 100: 9.11}
+from .paper import TABLE1, TABLE2, TABLE4, TABLE5
+
+# the paper's rows (common/paper.py) quoted under our tables, as the report names them
+PAPER_MATCHING = {"LEAD-64": ("LEAD", 64), "NMF-64": ("BYOL + NMF", 64), "LEAD hypercolumn (3840-d)": ("LEAD", 3840)}
+PAPER_REGRESSION = {"LEAD-64 (Table 4)": TABLE4[("LEAD", 64)], "LEAD best (Table 2)": TABLE2["LEAD"]}
+PAPER_AFLW_M = {"LEAD": "LEAD", "ContrastLandmark": "CL", "DVE": "DVE"}          # Table 2's AFLW_M column
 
 
 def read(path: Path) -> dict | None:
@@ -64,7 +64,8 @@ def matching_section(table: dict, data: str = "synthetic", paper: bool = True) -
               f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | | | {f['photo_floor_px']:.2f} |", ""]
     if paper:
         lines += ["The paper (Table 1, MAFL, ResNet-50 at 96 px; same / different):"
-                  + "".join(f" {n} {s} / {d};" for n, (s, d) in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
+                  + "".join(f" {n} {TABLE1[row][0]} / {TABLE1[row][1]};"
+                            for n, row in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
     return lines, {kind(r["name"]): r for r in rows}
 
 
@@ -87,7 +88,7 @@ def regression_section(results: dict[str, dict], title: str = "all labelled trai
         f"{next(iter(by_variant[c].values()))['mean_shape']:.2f}" for c in cols) + " |")
     if paper is None:
         paper = "The paper (aligned ~ MAFL, unaligned ~ AFLW_R; ResNet-50): " + "; ".join(
-            f"{n}: MAFL {a}, AFLW_R {u}" for n, (a, u) in PAPER_REGRESSION.items()) + "."
+            f"{n}: MAFL {row['MAFL']}, AFLW_R {row['AFLW_R']}" for n, row in PAPER_REGRESSION.items()) + "."
     lines += ["", paper, ""]
     return lines, {c: {kind(n): s for n, s in v.items()} for c, v in by_variant.items()}
 
@@ -96,9 +97,10 @@ def fewshot_section(out: Path, data: str = "aligned") -> list[str]:
     md = out / "fewshot" / "results.md"
     if not md.is_file():
         return []
-    paper = " | ".join(f"{PAPER_FEWSHOT[k]}" for k in sorted(PAPER_FEWSHOT))
+    lead = TABLE5[("LEAD", 64)]
     return [f"## Few labels ({data})", "", md.read_text().strip(), "",
-            f"The paper (Table 5, AFLW_M, LEAD-64, 1 / 5 / 10 / 20 / 50 / 100 labels): {paper}.", ""] + \
+            f"The paper (Table 5, AFLW_M, LEAD-64, {' / '.join(map(str, lead))} labels): "
+            f"{' | '.join(map(str, lead.values()))}.", ""] + \
         (["![few-shot curve](fewshot/fewshot.png)", ""] if (out / "fewshot" / "fewshot.png").is_file() else [])
 
 
@@ -191,8 +193,6 @@ def goals(regression: dict, aflw: dict, afw: dict) -> list[tuple[str, bool]]:
     return out
 
 
-PAPER_AFLW_M = {"LEAD": 6.23, "ContrastLandmark": 6.99, "DVE": 7.53}
-
 
 def training_line(out: Path) -> str:
     """What stages 1 and 2 ran, from their args.json: network, views, steps, batch, precision."""
@@ -221,7 +221,7 @@ def real_report(out: Path, quick: bool = False) -> str:
         reg_lines, by = regression_section(
             {"AFLW (% IOD)": res}, "on AFLW_M: MTFL's training faces, % IOD on the 2,995 AFLW test faces",
             "The paper (Table 2, AFLW_M, ResNet-50 pretrained 200 epochs on CelebA, regressor trained on 10,122 AFLW "
-            "faces): " + ", ".join(f"{n} {v}" for n, v in PAPER_AFLW_M.items()) + ".")
+            "faces): " + ", ".join(f"{n} {TABLE2[row]['AFLW_M']}" for n, row in PAPER_AFLW_M.items()) + ".")
         regression = by["AFLW (% IOD)"]
     matches, match_lines = {}, []
     for name, what in (("aflw", "AFLW (MTFL test faces, 5 points)"), ("afw", "AFW (68 points)")):
