@@ -1,7 +1,7 @@
 """The published figures of the LEAD paper, by table: Karmali et al., *LEAD: Self-Supervised Landmark Estimation
 by Aligning Distributions of Feature Similarity*, WACV 2022 (arXiv:2204.02958). Every figure is for a ResNet-50
 pretrained on CelebA at 96 px; errors are in % of the inter-ocular distance (IOD). The demo's report
-(common/report.py) and the ablation study's (experiments/ablation_report.py) print them beside ours.
+(common/demo_report.py) and the ablation study's (experiments/ablation_report.py) print them beside ours.
 
 Methods are named as in the paper's rows: "DVE" (Thewlis et al.; Hourglass where the paper has two), "CL"
 (ContrastLandmark, Cheng et al.), "BYOL + NMF" (NMF of LEAD's stage-1 hypercolumn), "LEAD". A feature dimension

@@ -1,7 +1,7 @@
 """The demo's report: OUTPUT/report.md from the files the stages wrote (nothing is trained or measured here).
 
-    python -m common.report runs/demo [--quick]
-    python -m common.report runs/demo_real --real [--quick]       # bash demo.sh --real DIR
+    python -m common.demo_report runs/demo [--quick]
+    python -m common.demo_report runs/demo_real --real [--quick]       # bash demo.sh --real DIR
 
 Reads OUTPUT/times.tsv (stage, seconds: written by demo.sh), match/matching.json, regress_aligned/ and
 regress_unaligned/results.json, fewshot/results.json, and checks the claims the demo must show (trained features
@@ -137,10 +137,10 @@ def report(out: Path, quick: bool = False) -> str:
     if quick:
         lines += ["**Quick run** (`bash demo.sh --quick`): every step at toy size, to check the pipeline; "
                   "its numbers say nothing about the method.", ""]
-    lines += ["Written by `bash demo.sh` (`python -m common.report`). Everything here is measured on the embedded "
-              "synthetic faces with a CPU-sized model (ResNet-18, 64 px views, minutes of training); the paper's "
-              "numbers are for real faces (CelebA pretraining, MAFL / AFLW / 300-W), ResNet-50 at 96 px and 200 + "
-              "20 epochs on GPUs. They are shown beside ours for scale, not as a like-for-like comparison.", ""]
+    lines += ["Written by `bash demo.sh` (`python -m common.demo_report`). Everything here is measured on the "
+              "embedded synthetic faces with a CPU-sized model (ResNet-18, 64 px views, minutes of training); the "
+              "paper's numbers are for real faces (CelebA pretraining, MAFL / AFLW / 300-W), ResNet-50 at 96 px and "
+              "200 + 20 epochs on GPUs. They are shown beside ours for scale, not as a like-for-like comparison.", ""]
     match_lines, match = ([], {})
     if (table := read(out / "match" / "matching.json")) is not None:
         match_lines, match = matching_section(table)
@@ -243,7 +243,7 @@ def main(argv: list[str]) -> int:
     quick, real = "--quick" in argv, "--real" in argv
     argv = [a for a in argv if a not in ("--quick", "--real")]
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m common.report RUN_FOLDER [--quick] [--real] (e.g. runs/demo)", file=sys.stderr)
+        print("usage: python -m common.demo_report RUN_FOLDER [--quick] [--real] (e.g. runs/demo)", file=sys.stderr)
         return 2
     out = Path(argv[0])
     (out / "report.md").write_text(real_report(out, quick) if real else report(out, quick))
