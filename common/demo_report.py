@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .paper import TABLE1, TABLE2, TABLE4, TABLE5
+from .probe import matching_table
 
 # the paper's rows (common/paper.py) quoted under our tables, as the report names them
 PAPER_MATCHING = {"LEAD-64": ("LEAD", 64), "NMF-64": ("BYOL + NMF", 64), "LEAD hypercolumn (3840-d)": ("LEAD", 3840)}
@@ -49,19 +50,13 @@ def times_section(out: Path) -> list[str]:
 
 def matching_section(table: dict, data: str = "synthetic", paper: bool = True) -> tuple[list[str], dict]:
     rows = table["models"]
-    f = rows[0]
     lines = [f"## Matching ({table['pairs']} same-identity and {table['pairs']} different-identity pairs of the "
              f"{data} `{table['split']}` split, at {table['size']} px)", "",
              "Mean error in pixels at the model's input size and in % of the inter-ocular distance (IOD); different "
              "identity also gives its median and the share of matches more than one IOD off. The astronaut column "
-             "is scikit-image's real photo under the same warps (pixels).", "",
-             "| features | dim | same px | same % IOD | different px | different % IOD | different median | "
-             "> 1 IOD | astronaut px |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['name']} | {r['dim']} | {r['same_px']:.2f} | {r['same_iod']:.1f} | {r['diff_px']:.2f} | "
-              f"{r['diff_iod']:.1f} | {r['diff_iod_median']:.1f} | {100 * r['diff_miss']:.0f} % | "
-              f"{r['photo_px']:.2f} |" for r in rows]
-    lines += [f"| points left in place | 0 | {f['same_floor_px']:.2f} | {f['same_floor_iod']:.1f} | "
-              f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | | | {f['photo_floor_px']:.2f} |", ""]
+             "is scikit-image's real photo under the same warps (pixels).", ""]
+    lines += matching_table(((r["name"], r) for r in rows), ("dim", "same_px", "same_iod", "diff_px", "diff_iod",
+                                                             "diff_iod_median", "diff_miss", "photo_px")) + [""]
     if paper:
         lines += ["The paper (Table 1, MAFL, ResNet-50 at 96 px; same / different):"
                   + "".join(f" {n} {TABLE1[row][0]} / {TABLE1[row][1]};"

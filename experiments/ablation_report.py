@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from common.paper import TABLE1, TABLE3, TABLE4, TABLE5, TABLE6         # the paper's figures
+from common.probe import matching_table
 
 STAGE1_NAME = {"byol": "BYOL (LEAD)", "moco": "MoCo (CL)"}
 # ContrastLandmark's loss on LEAD's FPN decoder (the issue's "same decoder"), and on its own 1x1 projector
@@ -38,35 +39,34 @@ def path_of(out: Path, name: str) -> str:
     return str(out / name / "final")
 
 
-def left_in_place(m: dict) -> str:
-    """The matching tables' floor row: every point left where it is (the same for every model)."""
-    floor = next(iter(m.values()))
-    return f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |"
+# the matching tables' columns after the first two: ours (% IOD), then the paper's (with_paper)
+OURS_AND_PAPER = (("same_iod", "same (ours)", ".1f"), ("diff_iod", "different (ours)", ".1f"),
+                  ("paper_same", "same (paper)", ".2f"), ("paper_diff", "different (paper)", ".2f"))
+
+
+def with_paper(ours: dict, paper: tuple, **cells) -> dict:
+    """A row of a matching table: our figures, the paper's (same, different) and any other `cells`."""
+    return {**ours, "paper_same": paper[0], "paper_diff": paper[1], **cells}
 
 
 def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     m = r["match"]
     lines = ["## Table 1: matching (same / different identity)", "",
-             "Ours: synthetic test split, % IOD, mean over the pairs; the paper: MAFL, its published figures.", "",
-             "| method | feat. dim | same (ours) | different (ours) | same (paper) | different (paper) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Ours: synthetic test split, % IOD, mean over the pairs; the paper: MAFL, its published figures.", ""]
     rows = [("CL", d, path_of(out, f"s2-moco-cl{d}")) for d in dims] + \
            [("CL, 1x1 projector", 64, path_of(out, "s2-moco-cl64-linear"))] + \
            [("LEAD", d, path_of(out, f"s2-byol-lead{d}")) for d in dims] + \
            [("BYOL + NMF", 64, "nmf:64"), ("BYOL + NMF", 256, "nmf:256"),
             ("CL", "hypercolumn", path_of(out, "s1-moco")),
             ("LEAD", "hypercolumn", path_of(out, "s1-byol"))]
+    table = []
     for name, dim, key in rows:
         ours = m.get(key, {})
         paper = TABLE1.get((name.split(",")[0], 3840 if dim == "hypercolumn" else dim), (None, None))
         shown = f"{ours['dim']} (hypercolumn)" if dim == "hypercolumn" and ours else dim
-        lines.append(f"| {name} | {shown} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
-                     f"{fmt(paper[0], 2)} | {fmt(paper[1], 2)} |")
-    for key, ours in m.items():
-        if key.startswith("random-"):
-            lines.append(f"| untrained network | {ours['dim']} | {fmt(ours['same_iod'])} | {fmt(ours['diff_iod'])} "
-                         f"| | |")
-    lines += [left_in_place(m), ""]
+        table.append((name, with_paper(ours, paper, dim=shown)))
+    table += [("untrained network", ours) for key, ours in m.items() if key.startswith("random-")]
+    lines += matching_table(table, (("dim", "feat. dim", ""), *OURS_AND_PAPER), "method") + [""]
     lead, nmf = m.get(path_of(out, LEAD[1]), {}), m.get("nmf:64", {})
     claims = []
     if lead and nmf:
@@ -85,19 +85,15 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
 
 def table3(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     m = r["match"]
-    lines = ["## Table 3: the projection head of stage 2 (matching)", "",
-             "| feat. dim | head dim | same (ours) | different (ours) | same (paper) | different (paper) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["## Table 3: the projection head of stage 2 (matching)", ""]
     rows = [(64, 0, "s2-byol-lead64-head0"), (64, 64, "s2-byol-lead64-head64"), (64, 256, "s2-byol-lead64")]
     rows += [(d, 256, f"s2-byol-lead{d}") for d in dims if d != 64]
-    got = {}
+    got, table = {}, []
     for dim, head, name in rows:
         ours = m.get(path_of(out, name), {})
         got[(dim, head)] = ours.get("diff_iod")
-        paper = TABLE3[(dim, head)]
-        lines.append(f"| {dim} | {head or '✗'} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
-                     f"{paper[0]:.2f} | {paper[1]:.2f} |")
-    lines += [left_in_place(m), ""]
+        table.append((str(dim), with_paper(ours, TABLE3[(dim, head)], head=head or "✗")))
+    lines += matching_table(table, (("head", "head dim", ""), *OURS_AND_PAPER), "feat. dim") + [""]
     claims = []
     if None not in (got.get((64, 0)), got.get((64, 256))):
         claims.append(f"Table 3, a projection head (256) improves different-identity matching over none: "
