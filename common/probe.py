@@ -4,7 +4,8 @@ Two protocols (DVE, ContrastLandmark, LEAD Table 1) on labelled images of a tens
   same identity  an image against a random TPS warp of itself; the truth is the warp;
   different id.  the landmarks of image A carried to image B of another identity, against B's own.
 Errors are in pixels at the probe size and in % of the inter-ocular distance, next to the floor of
-leaving every point where it is.
+leaving every point where it is. matching_table writes them as markdown wherever a table of them is shown
+(match.py --benchmark's log, the model cards, demo.sh's report.md, ABLATIONS.md).
 """
 from __future__ import annotations
 
