@@ -127,7 +127,7 @@ if [ -n "$REAL" ]; then
     fi
     # one picture: a face's points carried to another person's (under runs/, never committed: the data's own)
     $PY match.py "${PICTURE[@]}" "${DATA[@]}" --model "$OUT/distill/final" --ref test:0 --query test:7 --out "$OUT/match.png"
-    $PY -m common.report "$OUT" --real $([ "$QUICK" = 1 ] && echo --quick)
+    $PY -m common.demo_report "$OUT" --real $([ "$QUICK" = 1 ] && echo --quick)
     exit 0
 fi
 
@@ -151,4 +151,4 @@ run_stage fewshot results.json "${LAUNCH[@]}" regress.py "${DATA[@]}" "${REG[@]}
 run_stage match matching.json "${LAUNCH[@]}" match.py --benchmark "${DATA[@]}" "${MATCH[@]}" \
     --model "$OUT/distill/final" "$OUT/byol/final" nmf:64 random-resnet18 --hypercolumn_from "$OUT/byol/final"
 $PY match.py "${DATA[@]}" --model "$OUT/distill/final" --ref test:0 --query test:7 --heatmap 0 --out "$OUT/match.png"
-$PY -m common.report "$OUT" $([ "$QUICK" = 1 ] && echo --quick)
+$PY -m common.demo_report "$OUT" $([ "$QUICK" = 1 ] && echo --quick)

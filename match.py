@@ -257,7 +257,7 @@ def benchmark(args) -> dict:
     from common.cli import from_flags
     from common.data import DataSpec, load_tensors
     from common.features import check_source, load_model, load_source
-    from common.probe import probe_all
+    from common.probe import matching_table, probe_all
     data = from_flags(DataSpec, vars(args))
     specs = resolve_model(args, real=args.dataset != "synthetic")
     reduced = [check_source(spec, args.hypercolumn_from) in ("pca", "nmf") for spec in specs]
@@ -281,21 +281,11 @@ def benchmark(args) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "matching.json", table)
+    shown = matching_table(((m["name"], m) for m in table["models"]),
+                           ("dim", "same_px", "same_iod", "diff_px", "diff_iod", "photo_px"))
     logger.info("matching (%d pairs of each kind, %d px, %s split) -> %s\n%s", args.pairs, size, args.split,
-                out / "matching.json", markdown(table))
+                out / "matching.json", "\n".join(shown))
     return table
-
-
-def markdown(table: dict) -> str:
-    rows = table["models"]
-    lines = ["| features | dim | same id. px | same id. % IOD | different id. px | different id. % IOD | "
-             "astronaut px |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['name']} | {r['dim']} | {r['same_px']:.2f} | {r['same_iod']:.1f} | {r['diff_px']:.2f} | "
-              f"{r['diff_iod']:.1f} | {r['photo_px']:.2f} |" for r in rows]
-    f = rows[0]
-    lines.append(f"| points left in place | 0 | {f['same_floor_px']:.2f} | {f['same_floor_iod']:.1f} | "
-                 f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | {f['photo_floor_px']:.2f} |")
-    return "\n".join(lines)
 
 
 def main(args) -> dict:

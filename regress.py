@@ -34,7 +34,7 @@ from common.data import DataSpec, describe, load_tensors
 from common.errors import UserError
 from common.features import FeatureStore, check_source, eval_crops, load_source
 from common.files import write_json
-from common.metrics import EYES, inter_ocular, iod_error
+from common.metrics import EYES, inter_ocular, iod_error, pck
 from common.models import LandmarkRegressor
 from common.hub import HubTarget, data_line, model_card
 from common.optim import effective_lr
@@ -135,16 +135,16 @@ class Scorer:
             raise UserError(f"--eye_idx {args.eye_idx[0]} {args.eye_idx[1]}: the data has points 0-{num_points - 1}")
         if self.metric == "iod" and self.eyes is None and num_points not in EYES:
             raise UserError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
-        self.threshold = args.pck_alpha * args.crop
+        self.size, self.alpha = args.crop, args.pck_alpha                 # PCK's threshold: alpha x the crop
 
     def __call__(self, pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor) -> tuple[float, list[float]]:
         """Mean error and the per-landmark errors of predictions [N, K, 2] (pixels)."""
-        dist = (pred - gt).norm(dim=-1)
         if self.metric == "iod":
-            rel = torch.where(visible, 100 * dist / inter_ocular(gt, self.eyes)[:, None], float("nan"))
+            rel = torch.where(visible, 100 * (pred - gt).norm(dim=-1) / inter_ocular(gt, self.eyes)[:, None], float("nan"))
             return iod_error(pred, gt, self.eyes, visible).nanmean().item(), finite(rel.nanmean(0))
-        miss = torch.where(visible, (dist >= self.threshold).float(), float("nan"))
-        return 100 * miss.nanmean().item(), finite(100 * miss.nanmean(0))
+        hit = pck(pred, gt, visible, self.size, self.alpha)
+        per_landmark = pck(pred, gt, visible, self.size, self.alpha, per_landmark=True)
+        return 100 * (1 - hit.item()), finite(100 * (1 - per_landmark))
 
 
 def finite(values: torch.Tensor) -> list[float | None]:

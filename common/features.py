@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .errors import UserError
-from .models import DenseExtractor, ResNetEncoder
+from .models import ARCHS, DenseExtractor, ResNetEncoder, stage_of
 
 logger = logging.getLogger("lead")
-ARCHS = ("resnet18", "resnet34", "resnet50")
+KINDS = {"encoder": "hypercolumn", "extractor": "compact"}        # the features of each stage's final/
 
 
 class FeatureSource(nn.Module):
@@ -148,14 +148,14 @@ def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
             raise UserError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
         return "random"
     config = _config(spec)
-    if "num_points" in config:
+    stage = stage_of(config)
+    if stage == "regressor":
         raise UserError(f"{spec}: a landmark regressor (regress.py's final/), not features: give a stage-1 or "
                         "stage-2 final/")
-    if "feature_dim" in config:
-        return "compact"
-    if "arch" in config:
-        return "hypercolumn"
-    raise UserError(f"{spec}: config.json is neither a stage-1 nor a stage-2 model ({sorted(config)})")
+    if stage not in KINDS:
+        raise UserError(f"{spec}: config.json is neither a stage-1 nor a stage-2 model "
+                        f"({f'stage {stage!r}' if stage else sorted(config)})")
+    return KINDS[stage]
 
 
 def load_model(source: str) -> FeatureSource:

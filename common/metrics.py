@@ -34,10 +34,14 @@ def iod_error(pred: torch.Tensor, gt: torch.Tensor, eye_idx: tuple[int, int] | N
     return 100 * point_errors(pred, gt, visible) / inter_ocular(gt, eye_idx)
 
 
-def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: float, alpha: float = 0.05) -> torch.Tensor:
-    """Share of visible points within alpha * size of the truth (CUB: 5 % of the image side)."""
-    hit = ((pred - gt).norm(dim=-1) < alpha * size) & visible.bool()
-    return hit.sum() / visible.bool().sum()
+def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, size: float, alpha: float = 0.05,
+        per_landmark: bool = False) -> torch.Tensor:
+    """Share of the visible points of [N, K, 2] predictions within alpha * size of the truth (CUB: 5 % of the image
+    side, regress.py's --pck_alpha of --crop): a point at or beyond the threshold is a miss. Over all visible
+    points (a scalar), or with per_landmark one share per landmark over the images where it is visible ([K], nan
+    where it never is)."""
+    hit = torch.where(visible.bool(), ((pred - gt).norm(dim=-1) < alpha * size).float(), float("nan"))
+    return hit.nanmean(0) if per_landmark else hit.nanmean()
 
 
 def _hw(size) -> tuple[int, int]:

@@ -1,8 +1,16 @@
 """Networks shared by the stages: the ResNet encoder with hypercolumns, and BYOL's MLP heads.
 
-Models handed between stages inherit `PyTorchModelHubMixin`: their constructor arguments are their
-config, so `save_pretrained` writes config.json + model.safetensors and `from_pretrained` takes a
-folder or a Hub id; the next stage never needs the previous one's flags.
+Models handed between stages inherit `PyTorchModelHubMixin` (through `StageModel`): their constructor arguments
+are their config, so `save_pretrained` writes config.json + model.safetensors and `from_pretrained` takes a
+folder or a Hub id; the next stage never needs the previous one's flags. config.json also says what the folder
+holds, in its "stage" field (STAGES):
+
+    "encoder"     stage 1 (byol_pretrain.py): ResNetEncoder, whose hypercolumn is the stage-1 feature
+    "extractor"   stage 2 (dense_distill.py): DenseExtractor, the compact dense features
+    "regressor"   stage 3 (regress.py): LandmarkRegressor, on the frozen features of a stage-1 or 2 model
+
+Folders written before the field existed are read by their keys (stage_of). `from_pretrained` of one class on
+another stage's folder is a one-line UserError.
 """
 from __future__ import annotations
 
@@ -14,13 +22,46 @@ import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import PyTorchModelHubMixin
 
+from .errors import UserError
 from .resnet import ResNet
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+STAGES = {"encoder": "stage 1's ResNetEncoder", "extractor": "stage 2's DenseExtractor",
+          "regressor": "stage 3's LandmarkRegressor"}
+# how a config.json without "stage" (written before it existed) is read: the first of these keys it has
+OLD_STAGE_KEYS = (("num_points", "regressor"), ("feature_dim", "extractor"), ("arch", "encoder"))
 
 
-class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
+def stage_of(config: dict) -> str | None:
+    """What a final/ folder holds, from its config.json: its "stage", else (an older folder) by OLD_STAGE_KEYS;
+    None when neither says."""
+    if "stage" in config:
+        return config["stage"]
+    return next((stage for key, stage in OLD_STAGE_KEYS if key in config), None)
+
+
+class StageModel(PyTorchModelHubMixin):
+    """A model handed between stages: save_pretrained writes its `stage` into config.json, and from_pretrained
+    refuses another stage's folder (its weights would otherwise load in part, silently: the mixin's strict=False)."""
+
+    stage: str
+
+    def save_pretrained(self, save_directory, *, config: dict | None = None, **kwargs):
+        return super().save_pretrained(save_directory, config={**(config or self._hub_mixin_config),
+                                                               "stage": self.stage}, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, config: dict | None = None, **kwargs):
+        # `config` in this signature makes the mixin pass config.json here, before any weight is read
+        found = stage_of(config or {})
+        if found is not None and found != cls.stage:
+            raise UserError(f"{kwargs['model_id']} holds {STAGES.get(found, f'a {found!r} model')}, not "
+                            f"{STAGES[cls.stage]}")
+        return super()._from_pretrained(**kwargs)
+
+
+class ResNetEncoder(nn.Module, StageModel):
     """A torchvision ResNet, randomly initialised, that takes images in [0, 1] (it normalises them).
 
     forward(x) -> the globally pooled layer-4 vector [B, width] (BYOL's representation);
@@ -28,6 +69,8 @@ class ResNetEncoder(nn.Module, PyTorchModelHubMixin):
     [B, 3840, H/4, W/4] for resnet50 (960 for resnet18/34), each layer L2-normalised over its
     channels by default (as ContrastLandmark does for matching).
     """
+
+    stage = "encoder"
 
     def __init__(self, arch: str = "resnet50", normalize_layers: bool = True,
                  mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96):
@@ -162,12 +205,14 @@ class FPNDecoder(nn.Module):
         return self.head(out)
 
 
-class DenseExtractor(nn.Module, PyTorchModelHubMixin):
+class DenseExtractor(nn.Module, StageModel):
     """LEAD's compact dense extractor Φ_D (stage 2): a ResNet encoder (initialised from stage 1) and
     an FPN decoder; forward(x) -> [B, feature_dim, H/4, W/4] for images x in [0, 1]. decoder="linear" is instead
     ContrastLandmark's projector: a 1x1 convolution of the hypercolumn, blind to where a position is. `spatial_softmax`
     m > 0 turns each channel into a heatmap, softmax over the positions of m x the decoder's output (ContrastLandmark's
     features, its softargmax_mul 7)."""
+
+    stage = "extractor"
 
     def __init__(self, arch: str = "resnet50", feature_dim: int = 64, fpn_width: int = 128,
                  mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, last_stride: int = 2, input_size: int = 96,
@@ -204,12 +249,14 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return p @ grid
 
 
-class LandmarkRegressor(nn.Module, PyTorchModelHubMixin):
+class LandmarkRegressor(nn.Module, StageModel):
     """The few-label landmark regressor of DVE, ContrastLandmark and LEAD (Sec. 4.2) on frozen features: a 1x1
     convolution without bias gives `intermediate` heatmaps per landmark (DVE's code; `shared`: one set of
     `intermediate` for all, the paper's wording), a spatial soft-argmax (logits x softargmax_mul) turns each into
     a virtual keypoint, and a linear map without bias takes each landmark's keypoints to its (x, y). The map
     starts as their mean, so training starts from a sensible shape. Coordinates are normalised like soft_argmax."""
+
+    stage = "regressor"
 
     def __init__(self, feature_dim: int, num_points: int, intermediate: int = 50, softargmax_mul: float = 100.0,
                  shared: bool = False):

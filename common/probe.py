@@ -4,7 +4,8 @@ Two protocols (DVE, ContrastLandmark, LEAD Table 1) on labelled images of a tens
   same identity  an image against a random TPS warp of itself; the truth is the warp;
   different id.  the landmarks of image A carried to image B of another identity, against B's own.
 Errors are in pixels at the probe size and in % of the inter-ocular distance, next to the floor of
-leaving every point where it is.
+leaving every point where it is. matching_table writes them as markdown wherever a table of them is shown
+(match.py --benchmark's log, the model cards, demo.sh's report.md, ABLATIONS.md).
 """
 from __future__ import annotations
 
@@ -144,14 +145,54 @@ def probe_line(results: dict[str, dict[str, float]]) -> str:
             f"astronaut photo {col('photo_px', 'photo_floor_px', '%.2f')} px")
 
 
+# The matching table's columns: a result's key -> (header, format spec or function). A result is probe_all's
+# figures of one model, with its "dim" where known.
+MATCH_COLUMNS = {
+    "dim": ("dim", ""),
+    "same_px": ("same id. px", ".2f"), "same_iod": ("same id. % IOD", ".1f"),
+    "diff_px": ("different id. px", ".2f"), "diff_iod": ("different id. % IOD", ".1f"),
+    "diff_iod_median": ("different id. median % IOD", ".1f"),
+    "diff_miss": ("different id. > 1 IOD", lambda share: f"{100 * share:.0f} %"),
+    "photo_px": ("astronaut px", ".2f"),
+}
+FLOORED = ("same_px", "same_iod", "diff_px", "diff_iod", "photo_px")      # the figures that have a floor
+
+
+def floor_of(result: dict) -> dict:
+    """The figures of leaving every point where it is (no features: dim 0), under the keys of a model's."""
+    return {"dim": 0, **{k: result.get(k.replace("_", "_floor_", 1)) for k in FLOORED}}
+
+
+def matching_table(rows, columns, label: str = "features") -> list[str]:
+    """The matching table in markdown (Table 1's kind): a row per (name, result) of `rows`, the result's figures of
+    `columns` (keys of MATCH_COLUMNS, or (key, header, format) for any other key, such as a paper's figure), then
+    the floor of leaving the points in place (the same pairs for every model: the first result's floor).
+    A missing figure is '–'; the floor row leaves blank what has no floor."""
+    cols = [c if isinstance(c, tuple) else (c, *MATCH_COLUMNS[c]) for c in columns]
+    rows = list(rows)
+    lines = [_line([label, *(header for _, header, _ in cols)]), _line(["---"] * (len(cols) + 1))]
+    lines += [_line([name, *(_cell(result.get(k), fmt, "–") for k, _, fmt in cols)]) for name, result in rows]
+    first = next((result for _, result in rows if "same_floor_iod" in result), None)
+    if first is not None:
+        floor = floor_of(first)
+        lines.append(_line(["points left in place", *(_cell(floor.get(k), fmt, "") for k, _, fmt in cols)]))
+    return lines
+
+
+def _cell(value, fmt, missing: str) -> str:
+    if value is None:
+        return missing
+    return fmt(value) if callable(fmt) else format(value, fmt)
+
+
+def _line(cells) -> str:
+    """A markdown table row; an empty cell as '| |'."""
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
 def probe_table(probe_result: dict, data: str | None = None) -> list[str]:
-    """The matching probe as a markdown table, with the floor of leaving points in place; `data` says on what."""
+    """The training probe's matching table (a model card's), with the floor; `data` says on what."""
     if not probe_result:
         return []
-    lines = ([f"Matching probe on {data}.", ""] if data else []) + ["| matching probe (mean) | same identity, % IOD | different identity, % IOD | astronaut photo, px |",
-             "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {r['same_iod']:.1f} | {r['diff_iod']:.1f} | {r['photo_px']:.2f} |"
-              for n, r in probe_result.items()]
-    r = next(iter(probe_result.values()))
-    return lines + [f"| points left in place | {r['same_floor_iod']:.1f} | {r['diff_floor_iod']:.1f} | "
-                    f"{r['photo_floor_px']:.2f} |"]
+    return ([f"Matching probe on {data}.", ""] if data else []) + \
+        matching_table(probe_result.items(), ("same_iod", "diff_iod", "photo_px"), "matching probe (mean)")

@@ -5,17 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# the paper's published figures (LEAD, WACV 2022); real data (MAFL, AFLW_M), resnet50 at 96 px
-PAPER_T1 = {("CL", 64): (0.92, 2.62), ("BYOL + NMF", 64): (0.84, 5.74), ("LEAD", 64): (0.51, 2.60),
-            ("CL", 256): (0.71, 2.06), ("BYOL + NMF", 256): (0.91, 4.26), ("LEAD", 256): (0.48, 2.50),
-            ("CL", "hypercolumn"): (0.73, 6.16), ("LEAD", "hypercolumn"): (0.49, 3.06)}
-PAPER_T3 = {(64, 0): (0.48, 2.79), (64, 64): (0.51, 2.64), (64, 256): (0.51, 2.60), (128, 256): (0.47, 2.58),
-            (256, 256): (0.48, 2.50)}
-PAPER_T4 = {("CL", 64): 2.77, ("LEAD", 64): 2.93, ("CL", 128): 2.71, ("LEAD", 128): 2.91, ("CL", 256): 2.64,
-            ("LEAD", 256): 2.87}
-PAPER_T5 = {"CL": [24.87, 15.15, 13.62, 11.77, 11.57, 10.06], "LEAD": [21.8, 13.34, 11.50, 10.13, 9.29, 9.11]}
-PAPER_T6 = {("moco", "cl"): (7.86, 7.81, 7.31), ("moco", "lead"): (6.66, 6.58, 6.69),
-            ("byol", "cl"): (7.89, 7.86, 7.41), ("byol", "lead"): (6.61, 6.60, 6.51)}
+from common.paper import TABLE1, TABLE3, TABLE4, TABLE5, TABLE6         # the paper's figures
+from common.probe import matching_table
+
 STAGE1_NAME = {"byol": "BYOL (LEAD)", "moco": "MoCo (CL)"}
 # ContrastLandmark's loss on LEAD's FPN decoder (the issue's "same decoder"), and on its own 1x1 projector
 CLS = (("CL-64", "s2-moco-cl64"), ("CL-64, 1x1 projector", "s2-moco-cl64-linear"))
@@ -47,35 +39,34 @@ def path_of(out: Path, name: str) -> str:
     return str(out / name / "final")
 
 
-def left_in_place(m: dict) -> str:
-    """The matching tables' floor row: every point left where it is (the same for every model)."""
-    floor = next(iter(m.values()))
-    return f"| points left in place | | {fmt(floor['same_floor_iod'])} | {fmt(floor['diff_floor_iod'])} | | |"
+# the matching tables' columns after the first two: ours (% IOD), then the paper's (with_paper)
+OURS_AND_PAPER = (("same_iod", "same (ours)", ".1f"), ("diff_iod", "different (ours)", ".1f"),
+                  ("paper_same", "same (paper)", ".2f"), ("paper_diff", "different (paper)", ".2f"))
+
+
+def with_paper(ours: dict, paper: tuple, **cells) -> dict:
+    """A row of a matching table: our figures, the paper's (same, different) and any other `cells`."""
+    return {**ours, "paper_same": paper[0], "paper_diff": paper[1], **cells}
 
 
 def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     m = r["match"]
     lines = ["## Table 1: matching (same / different identity)", "",
-             "Ours: synthetic test split, % IOD, mean over the pairs; the paper: MAFL, its published figures.", "",
-             "| method | feat. dim | same (ours) | different (ours) | same (paper) | different (paper) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Ours: synthetic test split, % IOD, mean over the pairs; the paper: MAFL, its published figures.", ""]
     rows = [("CL", d, path_of(out, f"s2-moco-cl{d}")) for d in dims] + \
            [("CL, 1x1 projector", 64, path_of(out, "s2-moco-cl64-linear"))] + \
            [("LEAD", d, path_of(out, f"s2-byol-lead{d}")) for d in dims] + \
            [("BYOL + NMF", 64, "nmf:64"), ("BYOL + NMF", 256, "nmf:256"),
             ("CL", "hypercolumn", path_of(out, "s1-moco")),
             ("LEAD", "hypercolumn", path_of(out, "s1-byol"))]
+    table = []
     for name, dim, key in rows:
         ours = m.get(key, {})
-        paper = PAPER_T1.get((name.split(",")[0], dim), (None, None))
+        paper = TABLE1.get((name.split(",")[0], 3840 if dim == "hypercolumn" else dim), (None, None))
         shown = f"{ours['dim']} (hypercolumn)" if dim == "hypercolumn" and ours else dim
-        lines.append(f"| {name} | {shown} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
-                     f"{fmt(paper[0], 2)} | {fmt(paper[1], 2)} |")
-    for key, ours in m.items():
-        if key.startswith("random-"):
-            lines.append(f"| untrained network | {ours['dim']} | {fmt(ours['same_iod'])} | {fmt(ours['diff_iod'])} "
-                         f"| | |")
-    lines += [left_in_place(m), ""]
+        table.append((name, with_paper(ours, paper, dim=shown)))
+    table += [("untrained network", ours) for key, ours in m.items() if key.startswith("random-")]
+    lines += matching_table(table, (("dim", "feat. dim", ""), *OURS_AND_PAPER), "method") + [""]
     lead, nmf = m.get(path_of(out, LEAD[1]), {}), m.get("nmf:64", {})
     claims = []
     if lead and nmf:
@@ -94,19 +85,15 @@ def table1(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
 
 def table3(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[str]]:
     m = r["match"]
-    lines = ["## Table 3: the projection head of stage 2 (matching)", "",
-             "| feat. dim | head dim | same (ours) | different (ours) | same (paper) | different (paper) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["## Table 3: the projection head of stage 2 (matching)", ""]
     rows = [(64, 0, "s2-byol-lead64-head0"), (64, 64, "s2-byol-lead64-head64"), (64, 256, "s2-byol-lead64")]
     rows += [(d, 256, f"s2-byol-lead{d}") for d in dims if d != 64]
-    got = {}
+    got, table = {}, []
     for dim, head, name in rows:
         ours = m.get(path_of(out, name), {})
         got[(dim, head)] = ours.get("diff_iod")
-        paper = PAPER_T3[(dim, head)]
-        lines.append(f"| {dim} | {head or '✗'} | {fmt(ours.get('same_iod'))} | {fmt(ours.get('diff_iod'))} | "
-                     f"{paper[0]:.2f} | {paper[1]:.2f} |")
-    lines += [left_in_place(m), ""]
+        table.append((str(dim), with_paper(ours, TABLE3[(dim, head)], head=head or "✗")))
+    lines += matching_table(table, (("head", "head dim", ""), *OURS_AND_PAPER), "feat. dim") + [""]
     claims = []
     if None not in (got.get((64, 0)), got.get((64, 256))):
         claims.append(f"Table 3, a projection head (256) improves different-identity matching over none: "
@@ -132,7 +119,7 @@ def table4_and_6(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[s
     for d in dims:
         for name, run in (("CL", f"s2-moco-cl{d}"), ("LEAD", f"s2-byol-lead{d}")):
             lines.append(f"| {name} | {d} | {fmt(regression_error(r, path_of(out, run)), 2)} | "
-                         f"{PAPER_T4[(name, d)]:.2f} |")
+                         f"{TABLE4[(name, d)]['MAFL']:.2f} |")
     floor = mean_shape(r["regress"].values())
     lines.append(f"| mean shape (no features) | | {fmt(floor, 2)} | |")
     lines += ["", "## Table 6: stage-1 × stage-2 objectives (aligned regression, % IOD)", "",
@@ -143,14 +130,14 @@ def table4_and_6(out: Path, r: dict, dims: list[int]) -> tuple[list[str], list[s
     for s1 in ("moco", "byol"):
         for s2 in ("cl", "lead"):
             cells = []
-            for i, d in enumerate(dims):
+            for d in dims:
                 ours = regression_error(r, path_of(out, f"s2-{s1}-{s2}{d}"))
-                cells.append(f"{fmt(ours, 2)} ({PAPER_T6[(s1, s2)][i]:.2f})")
+                cells.append(f"{fmt(ours, 2)} ({TABLE6[(s1, s2)][d]:.2f})")
             lines.append(f"| {STAGE1_NAME[s1]} | {s2.upper()} | " + " | ".join(cells) + " |")
             linear = regression_error(r, path_of(out, f"s2-{s1}-{s2}64-linear"))
             if linear is not None:
                 lines.append(f"| {STAGE1_NAME[s1]} | {s2.upper()}, 1x1 projector | {fmt(linear, 2)} "
-                             f"({PAPER_T6[(s1, s2)][0]:.2f}) |" + " – |" * (len(dims) - 1))
+                             f"({TABLE6[(s1, s2)][64]:.2f}) |" + " – |" * (len(dims) - 1))
                 lead = regression_error(r, path_of(out, f"s2-{s1}-lead64"))
                 if lead is not None:
                     wins.append((s1, "64, 1x1", lead < linear))
@@ -179,7 +166,7 @@ def table5(out: Path, r: dict) -> tuple[list[str], list[str]]:
     claims = []
     for name, run in (*CLS, LEAD):
         got = rows.get(path_of(out, run), {})
-        paper = dict(zip((1, 5, 10, 20, 50, 100), PAPER_T5[name.split("-")[0]]))
+        paper = TABLE5[(name.split("-")[0], 64)]
         cells = [f"{got[n][0]:.1f} ± {got[n][1]:.1f}" + (f" ({paper[n]})" if n in paper else "") if n in got
                  else "–" for n in sizes]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -116,6 +116,25 @@ def test_pck_hand_count():
     torch.testing.assert_close(pck(pred, gt, vis, size=58, alpha=0.1), torch.tensor(5 / 6))
     # alpha 0.1 at size 64 -> 6.4 px: both become hits, 6 of 6 (the 100 px error is invisible)
     torch.testing.assert_close(pck(pred, gt, vis, size=64, alpha=0.1), torch.tensor(1.0))
+    # per landmark, over the images where it is visible: 2/2, 1/2, 0/1 (the 6 px miss), 1/1 (the 4.24 px hit)
+    torch.testing.assert_close(pck(pred, gt, vis, size=100, per_landmark=True), torch.tensor([1.0, 0.5, 0.0, 1.0]))
+    assert pck(pred, gt, torch.zeros_like(vis), size=100, per_landmark=True).isnan().all()
+
+
+def test_pck_is_the_regression_scorers_rule():
+    """regress.py's Scorer (--metric pck): miss = error >= pck_alpha * crop over the visible points, its per-landmark
+    errors the means over the images; 100 - PCK is that miss rate, a point exactly at the threshold a miss."""
+    g = gen(1)
+    gt = 32 * torch.rand(50, 15, 2, generator=g)
+    pred = gt + 3 * torch.randn(50, 15, 2, generator=g)
+    gt[0, 0], pred[0, 0] = torch.tensor([10.0, 10.0]), torch.tensor([14.0, 10.0])  # exactly at 0.125 x 32: a miss
+    visible = torch.rand(50, 15, generator=g) > 0.3
+    visible[0, 0] = True
+    miss = torch.where(visible, ((pred - gt).norm(dim=-1) >= 0.125 * 32).float(), float("nan"))  # Scorer's lines
+    assert 100 * (1 - pck(pred, gt, visible, 32, 0.125).item()) == pytest.approx(100 * miss.nanmean().item())
+    per_landmark = pck(pred, gt, visible, 32, 0.125, per_landmark=True)
+    torch.testing.assert_close(100 * (1 - per_landmark), 100 * miss.nanmean(0))
+    assert pck(pred[:1, :1], gt[:1, :1], visible[:1, :1], 32, 0.125) == 0
 
 
 # ------------------------------------------------------------------------------------- sampling

@@ -1,10 +1,14 @@
 """ResNet hypercolumns, the hand-off through save_pretrained, and BYOL's loss."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
+from common.features import check_source
 from common.losses import byol_loss
-from common.models import DenseExtractor, MLPHead, ResNetEncoder
+from common.models import DenseExtractor, LandmarkRegressor, MLPHead, ResNetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +58,50 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(net.hypercolumn(x), again.hypercolumn(x))
+
+
+@pytest.fixture(scope="module")
+def finals(tmp_path_factory):
+    """A final/ folder of each stage, as the stages write them."""
+    root = tmp_path_factory.mktemp("finals")
+    torch.manual_seed(0)
+    ResNetEncoder("resnet18").save_pretrained(root / "encoder")
+    DenseExtractor("resnet18", feature_dim=16, fpn_width=16).save_pretrained(root / "extractor")
+    LandmarkRegressor(16, 5).save_pretrained(root / "regressor")
+    return root
+
+
+CLASSES = {"encoder": ResNetEncoder, "extractor": DenseExtractor, "regressor": LandmarkRegressor}
+
+
+def test_every_final_folder_says_its_stage_and_loads_only_as_its_class(finals):
+    for stage, cls in CLASSES.items():
+        assert json.loads((finals / stage / "config.json").read_text())["stage"] == stage
+        assert isinstance(cls.from_pretrained(finals / stage), cls)
+    with pytest.raises(UserError, match=r"encoder holds stage 1's ResNetEncoder, not stage 2's DenseExtractor$"):
+        DenseExtractor.from_pretrained(finals / "encoder")
+    with pytest.raises(UserError, match="holds stage 2's DenseExtractor, not stage 3's LandmarkRegressor"):
+        LandmarkRegressor.from_pretrained(finals / "extractor")
+    assert check_source(str(finals / "encoder")) == "hypercolumn" and \
+        check_source(str(finals / "extractor")) == "compact"
+    with pytest.raises(UserError, match="a landmark regressor"):
+        check_source(str(finals / "regressor"))
+
+
+def test_a_folder_written_before_the_stage_field_is_read_by_its_keys(finals, tmp_path):
+    for stage, cls in CLASSES.items():
+        old = tmp_path / stage
+        old.mkdir()
+        config = json.loads((finals / stage / "config.json").read_text())
+        (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "stage"}))
+        (old / "model.safetensors").write_bytes((finals / stage / "model.safetensors").read_bytes())
+        assert isinstance(cls.from_pretrained(old), cls)
+    assert check_source(str(tmp_path / "encoder")) == "hypercolumn"
+    assert check_source(str(tmp_path / "extractor")) == "compact"
+    with pytest.raises(UserError, match="a landmark regressor"):
+        check_source(str(tmp_path / "regressor"))
+    with pytest.raises(UserError, match="holds stage 1's ResNetEncoder, not stage 2's DenseExtractor"):
+        DenseExtractor.from_pretrained(tmp_path / "encoder")     # it used to load, its decoder random (strict=False)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

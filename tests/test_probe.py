@@ -32,3 +32,21 @@ def test_probe_reports_errors_next_to_their_floors(cache_dir):
     floor = 100 * ((lm[a] - lm[b]).norm(dim=-1) / iod[:, None]).mean()
     assert r["diff_floor_iod"] == pytest.approx(floor.item(), rel=1e-5)
     assert r == matching_probe(patches, cache, 64, pairs=12, seed=3, batch=5)   # seeded
+
+
+def test_one_renderer_writes_every_matching_table():
+    """matching_table: a row per model, '–' where a model lacks a figure, the floor row from the first result that
+    has one (blank where a column has no floor), every row as wide as the header."""
+    from common.probe import matching_table
+    figures = {"dim": 64, "same_px": 1.234, "same_iod": 3.45, "diff_px": 2.5, "diff_iod": 7.77, "diff_miss": 0.125,
+               "photo_px": 0.9, "same_floor_px": 5.5, "same_floor_iod": 12.3, "diff_floor_px": 8.8,
+               "diff_floor_iod": 20.1, "photo_floor_px": 4.4}
+    lines = matching_table([("none yet", {}), ("lead-64", figures)],
+                           ("dim", "same_px", "same_iod", "diff_iod", "diff_miss", ("paper", "paper", ".2f")))
+    assert lines == ["| features | dim | same id. px | same id. % IOD | different id. % IOD | different id. > 1 IOD "
+                     "| paper |",
+                     "| --- | --- | --- | --- | --- | --- | --- |",
+                     "| none yet | – | – | – | – | – | – |",
+                     "| lead-64 | 64 | 1.23 | 3.5 | 7.8 | 12 % | – |",
+                     "| points left in place | 0 | 5.50 | 12.3 | 20.1 | | |"]
+    assert matching_table([("x", {"same_iod": 1.0})], ("same_iod",), "probe")[-1] == "| x | 1.0 |"     # no floor

@@ -1,7 +1,7 @@
 """The demo's report: OUTPUT/report.md from the files the stages wrote (nothing is trained or measured here).
 
-    python -m common.report runs/demo [--quick]
-    python -m common.report runs/demo_real --real [--quick]       # bash demo.sh --real DIR
+    python -m common.demo_report runs/demo [--quick]
+    python -m common.demo_report runs/demo_real --real [--quick]       # bash demo.sh --real DIR
 
 Reads OUTPUT/times.tsv (stage, seconds: written by demo.sh), match/matching.json, regress_aligned/ and
 regress_unaligned/results.json, fewshot/results.json, and checks the claims the demo must show (trained features
@@ -15,12 +15,13 @@ import math
 import sys
 from pathlib import Path
 
-# The paper's published numbers (LEAD, ResNet-50, CelebA pretraining, 96 px): Table 1 (matching on MAFL, 500 + 500
-# pairs; its header says % IOD, the values are on the scale of DVE's pixel errors), Table 4 (regression, 64-d),
-# Table 2 (the best LEAD row) and Table 5 (AFLW_M, number of annotations, 64-d).
-PAPER_MATCHING = {"LEAD-64": (0.51, 2.60), "NMF-64": (0.84, 5.74), "LEAD hypercolumn (3840-d)": (0.49, 3.06)}
-PAPER_REGRESSION = {"LEAD-64 (Table 4)": (2.93, 6.32), "LEAD best (Table 2)": (2.39, 5.65)}
-PAPER_FEWSHOT = {1: 21.8, 5: 13.34, 10: 11.50, 20: 10.13, 50: 9.29, 100: 9.11}
+from .paper import TABLE1, TABLE2, TABLE4, TABLE5
+from .probe import matching_table
+
+# the paper's rows (common/paper.py) quoted under our tables, as the report names them
+PAPER_MATCHING = {"LEAD-64": ("LEAD", 64), "NMF-64": ("BYOL + NMF", 64), "LEAD hypercolumn (3840-d)": ("LEAD", 3840)}
+PAPER_REGRESSION = {"LEAD-64 (Table 4)": TABLE4[("LEAD", 64)], "LEAD best (Table 2)": TABLE2["LEAD"]}
+PAPER_AFLW_M = {"LEAD": "LEAD", "ContrastLandmark": "CL", "DVE": "DVE"}          # Table 2's AFLW_M column
 
 
 def read(path: Path) -> dict | None:
@@ -49,22 +50,17 @@ def times_section(out: Path) -> list[str]:
 
 def matching_section(table: dict, data: str = "synthetic", paper: bool = True) -> tuple[list[str], dict]:
     rows = table["models"]
-    f = rows[0]
     lines = [f"## Matching ({table['pairs']} same-identity and {table['pairs']} different-identity pairs of the "
              f"{data} `{table['split']}` split, at {table['size']} px)", "",
              "Mean error in pixels at the model's input size and in % of the inter-ocular distance (IOD); different "
              "identity also gives its median and the share of matches more than one IOD off. The astronaut column "
-             "is scikit-image's real photo under the same warps (pixels).", "",
-             "| features | dim | same px | same % IOD | different px | different % IOD | different median | "
-             "> 1 IOD | astronaut px |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['name']} | {r['dim']} | {r['same_px']:.2f} | {r['same_iod']:.1f} | {r['diff_px']:.2f} | "
-              f"{r['diff_iod']:.1f} | {r['diff_iod_median']:.1f} | {100 * r['diff_miss']:.0f} % | "
-              f"{r['photo_px']:.2f} |" for r in rows]
-    lines += [f"| points left in place | 0 | {f['same_floor_px']:.2f} | {f['same_floor_iod']:.1f} | "
-              f"{f['diff_floor_px']:.2f} | {f['diff_floor_iod']:.1f} | | | {f['photo_floor_px']:.2f} |", ""]
+             "is scikit-image's real photo under the same warps (pixels).", ""]
+    lines += matching_table(((r["name"], r) for r in rows), ("dim", "same_px", "same_iod", "diff_px", "diff_iod",
+                                                             "diff_iod_median", "diff_miss", "photo_px")) + [""]
     if paper:
         lines += ["The paper (Table 1, MAFL, ResNet-50 at 96 px; same / different):"
-                  + "".join(f" {n} {s} / {d};" for n, (s, d) in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
+                  + "".join(f" {n} {TABLE1[row][0]} / {TABLE1[row][1]};"
+                            for n, row in PAPER_MATCHING.items()).rstrip(";") + ".", ""]
     return lines, {kind(r["name"]): r for r in rows}
 
 
@@ -87,7 +83,7 @@ def regression_section(results: dict[str, dict], title: str = "all labelled trai
         f"{next(iter(by_variant[c].values()))['mean_shape']:.2f}" for c in cols) + " |")
     if paper is None:
         paper = "The paper (aligned ~ MAFL, unaligned ~ AFLW_R; ResNet-50): " + "; ".join(
-            f"{n}: MAFL {a}, AFLW_R {u}" for n, (a, u) in PAPER_REGRESSION.items()) + "."
+            f"{n}: MAFL {row['MAFL']}, AFLW_R {row['AFLW_R']}" for n, row in PAPER_REGRESSION.items()) + "."
     lines += ["", paper, ""]
     return lines, {c: {kind(n): s for n, s in v.items()} for c, v in by_variant.items()}
 
@@ -96,9 +92,10 @@ def fewshot_section(out: Path, data: str = "aligned") -> list[str]:
     md = out / "fewshot" / "results.md"
     if not md.is_file():
         return []
-    paper = " | ".join(f"{PAPER_FEWSHOT[k]}" for k in sorted(PAPER_FEWSHOT))
+    lead = TABLE5[("LEAD", 64)]
     return [f"## Few labels ({data})", "", md.read_text().strip(), "",
-            f"The paper (Table 5, AFLW_M, LEAD-64, 1 / 5 / 10 / 20 / 50 / 100 labels): {paper}.", ""] + \
+            f"The paper (Table 5, AFLW_M, LEAD-64, {' / '.join(map(str, lead))} labels): "
+            f"{' | '.join(map(str, lead.values()))}.", ""] + \
         (["![few-shot curve](fewshot/fewshot.png)", ""] if (out / "fewshot" / "fewshot.png").is_file() else [])
 
 
@@ -135,10 +132,10 @@ def report(out: Path, quick: bool = False) -> str:
     if quick:
         lines += ["**Quick run** (`bash demo.sh --quick`): every step at toy size, to check the pipeline; "
                   "its numbers say nothing about the method.", ""]
-    lines += ["Written by `bash demo.sh` (`python -m common.report`). Everything here is measured on the embedded "
-              "synthetic faces with a CPU-sized model (ResNet-18, 64 px views, minutes of training); the paper's "
-              "numbers are for real faces (CelebA pretraining, MAFL / AFLW / 300-W), ResNet-50 at 96 px and 200 + "
-              "20 epochs on GPUs. They are shown beside ours for scale, not as a like-for-like comparison.", ""]
+    lines += ["Written by `bash demo.sh` (`python -m common.demo_report`). Everything here is measured on the "
+              "embedded synthetic faces with a CPU-sized model (ResNet-18, 64 px views, minutes of training); the "
+              "paper's numbers are for real faces (CelebA pretraining, MAFL / AFLW / 300-W), ResNet-50 at 96 px and "
+              "200 + 20 epochs on GPUs. They are shown beside ours for scale, not as a like-for-like comparison.", ""]
     match_lines, match = ([], {})
     if (table := read(out / "match" / "matching.json")) is not None:
         match_lines, match = matching_section(table)
@@ -191,8 +188,6 @@ def goals(regression: dict, aflw: dict, afw: dict) -> list[tuple[str, bool]]:
     return out
 
 
-PAPER_AFLW_M = {"LEAD": 6.23, "ContrastLandmark": 6.99, "DVE": 7.53}
-
 
 def training_line(out: Path) -> str:
     """What stages 1 and 2 ran, from their args.json: network, views, steps, batch, precision."""
@@ -221,7 +216,7 @@ def real_report(out: Path, quick: bool = False) -> str:
         reg_lines, by = regression_section(
             {"AFLW (% IOD)": res}, "on AFLW_M: MTFL's training faces, % IOD on the 2,995 AFLW test faces",
             "The paper (Table 2, AFLW_M, ResNet-50 pretrained 200 epochs on CelebA, regressor trained on 10,122 AFLW "
-            "faces): " + ", ".join(f"{n} {v}" for n, v in PAPER_AFLW_M.items()) + ".")
+            "faces): " + ", ".join(f"{n} {TABLE2[row]['AFLW_M']}" for n, row in PAPER_AFLW_M.items()) + ".")
         regression = by["AFLW (% IOD)"]
     matches, match_lines = {}, []
     for name, what in (("aflw", "AFLW (MTFL test faces, 5 points)"), ("afw", "AFW (68 points)")):
@@ -243,7 +238,7 @@ def main(argv: list[str]) -> int:
     quick, real = "--quick" in argv, "--real" in argv
     argv = [a for a in argv if a not in ("--quick", "--real")]
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m common.report RUN_FOLDER [--quick] [--real] (e.g. runs/demo)", file=sys.stderr)
+        print("usage: python -m common.demo_report RUN_FOLDER [--quick] [--real] (e.g. runs/demo)", file=sys.stderr)
         return 2
     out = Path(argv[0])
     (out / "report.md").write_text(real_report(out, quick) if real else report(out, quick))
