@@ -1,17 +1,22 @@
-"""Thin-plate-spline warps (common/augment.py).
+"""Thin-plate-spline warps and BYOL's colour ops (common/augment.py).
 
 Expectations are worked out independently of the code under test: exact interpolation of the control
 points, W(W^-1(x)) = x, a float64 least-squares affine fit where the warp must be affine, bilinear
-resampling being exact on linear ramps, and the centroid of a warped Gaussian blob.
+resampling being exact on linear ramps, and the centroid of a warped Gaussian blob; the batched colour
+ops against torchvision.transforms.v2.functional applied image by image with the same parameters.
 Coordinates: (x, y) pixels at pixel centres, 0-based; an S-pixel image spans [-0.5, S - 0.5].
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
-from common.augment import TPS, random_tps, solve_tps
+from common.augment import (TPS, VIEW1, VIEW2, adjust_hue, colour, colour_jitter, grey, random_tps, solve_tps,
+                            view_params)
 
 S = 64
 NO_WARP = dict(jitter=0.0, rotate_deg=0.0, scale=0.0, shift=0.0)
@@ -232,3 +237,78 @@ def test_different_seeds_give_different_warps():
     assert (a.warp(img) - b.warp(img)).abs().max() > 0.1
     # and the N warps of one call differ from each other
     assert (a.ctrl_a[0] - a.ctrl_a[1]).abs().max() > 0.5
+
+
+# ------------------------------------------------------------------ BYOL colour jitter, per image
+
+TV_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)   # ColorJitter's fn_idx
+JITTER_TOL = 1e-4          # on [0, 1]; float32 rounding only (at most 3e-6 seen over 20 seeds)
+
+
+def colour_images(n: int, g: torch.Generator, s: int = 12) -> torch.Tensor:
+    """n RGB images [n, 3, s, s] in [0, 1], on the uint8 grid (so channels tie, as in real data), with a
+    grey patch, a saturated corner and pure primaries: ties, zero spans and clipping all occur."""
+    x = torch.randint(0, 256, (n, 3, s, s), generator=g).float() / 255
+    x[:, :, :3, :3] = x[:, :1, :3, :3]                                 # grey (all channels equal)
+    x[:, :, -2:, -2:] = torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1)    # two channels tie at the maximum
+    x[:, :, 0, -3:] = torch.eye(3)                                     # red, green, blue
+    return x
+
+
+def torchvision_jitter(img: torch.Tensor, factors, order) -> torch.Tensor:
+    """The reference: one image [3, H, W] through v2.functional's ops in the given order."""
+    for op in order:
+        img = TV_OPS[op](img, float(factors[op]))
+    return img
+
+
+def test_colour_jitter_matches_torchvision_for_every_order():
+    # all 24 orders, each with its own random factors from ColorJitter's ranges at twice BYOL's strength
+    g = gen(0)
+    orders = torch.tensor(list(itertools.permutations(range(4))))                  # [24, 4]
+    n = len(orders)
+    u = lambda: 2 * torch.rand(n, generator=g) - 1                                   # noqa: E731
+    factors = torch.stack([1 + 0.8 * u(), 1 + 0.8 * u(), 1 + 0.4 * u(), 0.2 * u()], 1)
+    x = colour_images(n, g)
+    got = colour_jitter(x, factors, orders)
+    ref = torch.stack([torchvision_jitter(x[i], factors[i], orders[i].tolist()) for i in range(n)])
+    assert (ref - x).abs().amax((1, 2, 3)).min() > 0.05                # every image really changed
+    err = (got - ref).abs().amax((1, 2, 3))
+    assert err.max() < JITTER_TOL, err
+    # the order matters: the same factors in one fixed order are far from the reference for most images
+    fixed = colour_jitter(x, factors, orders[:1].expand(n, 4))
+    assert ((fixed - ref).abs().amax((1, 2, 3)) > 1e-2).float().mean() > 0.5
+
+
+def test_hue_shift_matches_torchvision_over_the_whole_circle():
+    g = gen(1)
+    hue = torch.linspace(-0.5, 0.5, 11)
+    x = colour_images(len(hue), g)
+    got = adjust_hue(x, hue)
+    ref = torch.stack([TF.adjust_hue(x[i], float(h)) for i, h in enumerate(hue)])
+    assert (got - ref).abs().max() < JITTER_TOL
+    assert (ref - x).abs().max() > 0.5                                  # a real shift, not the identity
+
+
+def test_grey_matches_rgb_to_grayscale():
+    x = colour_images(4, gen(2))
+    torch.testing.assert_close(grey(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [VIEW1, VIEW2])
+def test_random_colour_is_torchvision_with_the_drawn_parameters(cfg):
+    # colour() draws nothing itself: jitter (p 0.8) with the drawn factors in the drawn order, then grey (p 0.2)
+    n = 40
+    p = view_params(n, cfg, gen(3))
+    x = colour_images(n, gen(4))
+    got = colour(x, p)
+    keys = ("brightness", "contrast", "saturation", "hue")
+    for i in range(n):
+        ref = x[i]
+        if p["jitter"][i]:
+            ref = torchvision_jitter(ref, [p[k][i] for k in keys], p["order"][i].tolist())
+        if p["grey"][i]:
+            ref = TF.rgb_to_grayscale(ref, num_output_channels=3)
+        assert (got[i] - ref).abs().max() < JITTER_TOL, i
+    off = p["jitter"] + p["grey"] == 0
+    assert off.any() and torch.equal(got[off], x[off])                 # no jitter, no grey: untouched

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.augment import VIEW1, VIEW2, ViewConfig, blur, byol_views, colour, crop_theta, view_params
+from common.augment import (VIEW1, VIEW2, ViewConfig, blur, byol_views, colour, crop_theta, make_views, view_configs,
+                            view_params)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PLAIN = ViewConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, jitter=0.0, grey=0.0, blur=0.0, solarize=0.0)
@@ -29,6 +30,31 @@ def test_choices_differ_per_image_and_repeat_with_the_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["brightness"].unique().numel() == 64 and a["sigma"].unique().numel() == 64
     assert 0 < a["flip"].mean() < 1 and 0 < a["solarize"].sum() < 64
+
+
+def test_jitter_order_is_a_uniform_permutation_per_image():
+    # ColorJitter draws torch.randperm(4) per image: each of the 24 orders about equally often
+    order = view_params(24000, VIEW1, gen(2))["order"]
+    assert torch.equal(order.sort(1).values, torch.arange(4).expand(24000, 4))
+    _, counts = order.unique(dim=0, return_counts=True)
+    assert len(counts) == 24 and (counts - 1000).abs().max() < 150             # about 5 s.d. of a count
+
+
+def test_views_are_a_function_of_step_seed_and_process():
+    # what a resumed or distributed run relies on: the same (step, seed) gives the same views whatever the
+    # global RNG, and two processes' halves of the batch are the one-process views
+    images = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=gen(5))
+    cfg = view_configs(32)
+    torch.manual_seed(0)
+    one = make_views(images, 7, 3, cfg)
+    torch.manual_seed(1)
+    assert all(torch.equal(a, b) for a, b in zip(one[:2], make_views(images, 7, 3, cfg)[:2]))
+    halves = [make_views(images[4 * r:4 * (r + 1)], 7, 3, cfg, rank=r, world=2) for r in range(2)]
+    for i in range(2):
+        torch.testing.assert_close(torch.cat([h[i] for h in halves]), one[i], atol=1e-6, rtol=0)
+    for k in one[2]:
+        assert torch.equal(torch.cat([h[2][k] for h in halves]), one[2][k]), k
+    assert (make_views(images, 8, 3, cfg)[0] - one[0]).abs().max() > 0.1          # another step, other views
 
 
 def test_solarize_only_on_the_target_view():
@@ -60,7 +86,7 @@ def test_grey_and_brightness_against_hand_values():
     x = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(1, 3, 2, 2).clone()
     p = view_params(1, PLAIN, gen())
     p["grey"] = torch.ones(1)
-    y = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6
+    y = 0.2989 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6                        # torchvision's rgb_to_grayscale weights
     assert torch.allclose(colour(x, p), torch.full_like(x, y), atol=1e-6)
     p = view_params(1, PLAIN, gen())
     p["jitter"], p["brightness"], p["contrast"], p["saturation"], p["hue"] = (torch.ones(1), torch.tensor([1.5]),
