@@ -21,16 +21,16 @@ from accelerate.utils import gather
 from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
-from common.cli import at_least, data_args, from_flags, run_args, run_cli
-from common.data import DataSpec, load_tensors
+from common.cli import at_least, data_args, from_flags, run_args, run_cli, schedule_args, view_args
+from common.data import DataSpec
 from common.errors import UserError
 from common.hub import HubTarget, data_line
 from common.hub import model_card as hub_card
 from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
-from common.optim import LARS, LR_RULE, effective_lr, ema_momentum, ema_update, lars_groups, warmup_cosine
+from common.optim import LARS, effective_lr, ema_momentum, ema_update, lars_groups, warmup_cosine
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import Run, RunSpec, check_batch, eval_mode, freeze_batchnorm
+from common.training import Run, eval_mode, freeze_batchnorm
 
 logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
@@ -62,28 +62,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="moco: negatives kept (4096 as ContrastLandmark on CelebA; MoCo on ImageNet: 65536)")
     g.add_argument("--moco_t", type=float, default=0.2,
                    help="moco: InfoNCE temperature (default 0.2 as MoCo v2; v1: 0.07)")
-    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
-                   help="area range of the random resized crops (default 0.08 1, BYOL's)")
-    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
     g = parser.add_argument_group("Optimisation")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "lars", "adam"],
                    help="sgd (default, the paper's); lars (BYOL's large-batch recipe: --lr 0.2 --weight_decay "
                         "1.5e-6); adam learns faster in short CPU runs")
-    g.add_argument("--lr", type=float, default=3e-2, help=f"base learning rate (default 3e-2); {LR_RULE}")
+    schedule_args(g, 3e-2, "SGD, LARS or Adam", epochs=200)
     g.add_argument("--weight_decay", type=float, default=1e-4,
                    help="default 1e-4, the usual value of SGD recipes (OpenSelfSup); BYOL's LARS recipe uses 1.5e-6")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD and LARS momentum (default 0.9)")
-    g.add_argument("--batch_size", type=at_least(2), default=256,
-                   help="global batch, all processes together (default 256)")
-    g.add_argument("--epochs", type=at_least(1), default=200, help="passes over the pretraining images (default 200)")
-    g.add_argument("--max_steps", type=at_least(1), default=None,
-                   help="total steps of --batch_size (overrides --epochs)")
-    g.add_argument("--warmup_epochs", type=float, default=2.0,
-                   help="linear warm-up of the lr before its cosine decay (default 2; at most half the run)")
     g.add_argument("--ema", type=float, default=None,
                    help="target momentum: byol, pixel: 0.99 at the start, rising to 1 along a cosine; moco: the key "
                         "encoder's, constant (0.999)")
-    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
     g.add_argument("--no_channels_last", action="store_true",
                    help="keep NCHW tensors (channels-last is faster for convolutions on CPUs and GPUs)")
     g.add_argument("--bn_eval", action="store_true",
@@ -91,6 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "runs with different numbers of processes exactly)")
     g.add_argument("--eval_every", type=float, default=None,
                    help="also run the probe every this many epochs (default: only at the end, where it always runs)")
+    view_args(parser)
     return parser
 
 
@@ -257,8 +247,8 @@ def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> tuple[d
     return out, what
 
 
-def model_card(args, run: Run, hub: HubTarget, probe_result: dict, probe_on: str | None, steps: int) -> str:
-    ref = hub.model_ref(run.out)
+def model_card(args, run: Run, probe_result: dict, probe_on: str | None, steps: int) -> str:
+    ref = run.hub.model_ref(run.out)
     return hub_card(
         f"LEAD stage 1: {args.objective} {args.arch}",
         f"The instance-level encoder Φ_G of LEAD (WACV 2022), trained by `byol_pretrain.py` with the "
@@ -266,7 +256,7 @@ def model_card(args, run: Run, hub: HubTarget, probe_result: dict, probe_on: str
         "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
         [data_line(from_flags(DataSpec, vars(args)), "pretrain"), f"steps: {steps}, global batch {args.batch_size}, "
          f"views {args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256 images "
-         f"({run.flags['effective_lr']:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
+         f"({run.lr:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
          f"precision: {run.precision_line()}"],
         probe_table(probe_result, probe_on),
         f'from common.models import ResNetEncoder\nencoder = ResNetEncoder.from_pretrained("{ref}")\n'
@@ -281,13 +271,8 @@ def main(args) -> dict:
         raise UserError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
                         f"byol+pixel, got {args.objective}")
     hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-byol")
-    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
-    run = Run(from_flags(RunSpec, vars(args)), {**vars(args), "effective_lr": lr}, get_args_parser(), "lead-byol")
-    accelerator = run.accelerator
-    with accelerator.main_process_first():
-        cache = load_tensors(from_flags(DataSpec, vars(args)), "pretrain")
-    check_batch(args.batch_size, accelerator.num_processes, len(cache))
-    logger.info("lr: %g per 256 images, %g for the update of %d", args.lr, lr, args.batch_size * args.grad_accum)
+    run = Run(vars(args), get_args_parser(), "lead-byol", hub)
+    accelerator, cache = run.accelerator, run.cache
     model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -302,12 +287,12 @@ def main(args) -> dict:
 
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     step = run.train(lambda images, i: train_step(accelerator, model, target, opt, sched, images, args, i, total),
-                     cache, args.batch_size, total, {"model": model, "target": target}, opt, sched,
+                     total, {"model": model, "target": target}, opt, sched,
                      rate="pairs_per_s", probe=probe_now, probe_every=every)
     if step < total:
         return {"step": step}
     return run.finish(accelerator.unwrap_model(model).encoder,
-                      lambda result, on: model_card(args, run, hub, result, on, step), probe_now, hub,
+                      lambda result, on: model_card(args, run, result, on, step), probe_now,
                       "LEAD stage 1 (BYOL)")
 
 

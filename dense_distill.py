@@ -22,17 +22,17 @@ import torch.nn as nn
 from einops import rearrange
 
 from common.augment import make_views, view_configs
-from common.cli import at_least, data_args, from_flags, run_args, run_cli
-from common.data import DataSpec, load_tensors
+from common.cli import at_least, data_args, from_flags, run_args, run_cli, schedule_args, view_args
+from common.data import DataSpec
 from common.errors import UserError
 from common.features import check_source, load_model
 from common.hub import HubTarget, data_line
 from common.hub import model_card as hub_card
 from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
-from common.optim import LR_RULE, effective_lr, warmup_cosine
+from common.optim import effective_lr, warmup_cosine
 from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import Run, RunSpec, check_batch, eval_mode, freeze_batchnorm
+from common.training import Run, eval_mode, freeze_batchnorm
 
 logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
@@ -84,19 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="query positions per chunk of the loss (bounds memory, backward included): auto (default), "
                         "none or N")
     g = parser.add_argument_group("Optimisation")
-    g.add_argument("--lr", type=float, default=1e-3, help=f"AdamW base learning rate (default 1e-3); {LR_RULE}")
+    schedule_args(g, 1e-3, "AdamW", epochs=20)
     g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    g.add_argument("--batch_size", type=at_least(2), default=256,
-                   help="global batch, all processes together (default 256)")
-    g.add_argument("--epochs", type=at_least(1), default=20, help="passes over the pretraining images (default 20)")
-    g.add_argument("--max_steps", type=at_least(1), default=None,
-                   help="total steps of --batch_size (overrides --epochs)")
-    g.add_argument("--warmup_epochs", type=float, default=2.0,
-                   help="linear warm-up of the lr before its cosine decay (default 2; at most half the run)")
-    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
-    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
-                   help="area range of the random resized crops (default 0.08 1)")
-    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
+    view_args(parser)
     return parser
 
 
@@ -229,9 +219,9 @@ def _probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -
     return out, what
 
 
-def model_card(args, run: Run, hub: HubTarget, teacher: ResNetEncoder, probe_result: dict, probe_on: str | None,
+def model_card(args, run: Run, teacher: ResNetEncoder, probe_result: dict, probe_on: str | None,
                steps: int) -> str:
-    ref = hub.model_ref(run.out)
+    ref = run.hub.model_ref(run.out)
     return hub_card(
         f"LEAD stage 2: {args.feature_dim}-d dense features, {teacher.arch}",
         f"The compact dense extractor Φ_D of LEAD (WACV 2022): a ResNet encoder and an FPN decoder giving "
@@ -243,7 +233,7 @@ def model_card(args, run: Run, hub: HubTarget, teacher: ResNetEncoder, probe_res
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
          f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
          f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, lr {args.lr} per 256 images "
-         f"({run.flags['effective_lr']:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
+         f"({run.lr:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
          f"precision: {run.precision_line()}"],
         probe_table(probe_result, probe_on),
         f'from common.models import DenseExtractor\nmodel = DenseExtractor.from_pretrained("{ref}")\n'
@@ -268,17 +258,12 @@ def main(args) -> dict:
     hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-64")
     check_args(args)
     teacher = load_teacher(args.init_from)
-    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
-    run = Run(from_flags(RunSpec, vars(args)), {**vars(args), "effective_lr": lr}, get_args_parser(), "lead-distill")
-    accelerator = run.accelerator
-    with accelerator.main_process_first():
-        cache = load_tensors(from_flags(DataSpec, vars(args)), "pretrain")
-    check_batch(args.batch_size, accelerator.num_processes, len(cache))
+    run = Run(vars(args), get_args_parser(), "lead-distill", hub)
+    accelerator, cache = run.accelerator, run.cache
     local = args.batch_size // accelerator.num_processes
     if (args.pairs != "views" or "dve" in args.objective) and local < 2:
         what = f"--objective {args.objective}" if "dve" in args.objective else f"--pairs {args.pairs}"
         raise UserError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
-    logger.info("lr: %g per 256 images, %g for the update of %d", args.lr, lr, args.batch_size * args.grad_accum)
     model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
@@ -289,12 +274,12 @@ def main(args) -> dict:
     n = math.ceil(args.crop_size / 4) ** 2                               # positions of the stride-4 map
     chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
     step = run.train(lambda images, i: train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk),
-                     cache, args.batch_size, total, {"model": model}, opt, sched, rate="images_per_s")
+                     total, {"model": model}, opt, sched, rate="images_per_s")
     if step < total:
         return {"step": step}
     student = accelerator.unwrap_model(model).student
-    return run.finish(student, lambda result, on: model_card(args, run, hub, teacher, result, on, step),
-                      lambda: probe(args, accelerator, student, teacher), hub, "LEAD stage 2 (dense distillation)")
+    return run.finish(student, lambda result, on: model_card(args, run, teacher, result, on, step),
+                      lambda: probe(args, accelerator, student, teacher), "LEAD stage 2 (dense distillation)")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ class Scorer:
     def __call__(self, pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor) -> tuple[float, list[float]]:
         """Mean error and the per-landmark errors of predictions [N, K, 2] (pixels)."""
         if self.metric == "iod":
-            rel = torch.where(visible, 100 * (pred - gt).norm(dim=-1) / inter_ocular(gt, self.eyes)[:, None], float("nan"))
+            dist = 100 * (pred - gt).norm(dim=-1) / inter_ocular(gt, self.eyes)[:, None]
+            rel = torch.where(visible, dist, float("nan"))
             return iod_error(pred, gt, self.eyes, visible).nanmean().item(), finite(rel.nanmean(0))
         hit = pck(pred, gt, visible, self.size, self.alpha)
         per_landmark = pck(pred, gt, visible, self.size, self.alpha, per_landmark=True)

@@ -123,6 +123,31 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
     return parser
 
 
+def schedule_args(g, lr: float, lr_what: str, epochs: int) -> None:
+    """A training stage's steps and learning rate, into argument group `g`: --lr (common.optim's rule),
+    --batch_size, --epochs, --max_steps, --warmup_epochs."""
+    from .optim import LR_RULE
+
+    g.add_argument("--lr", type=float, default=lr, help=f"{lr_what} base learning rate (default {lr:g}); {LR_RULE}")
+    g.add_argument("--batch_size", type=at_least(2), default=256,
+                   help="global batch, all processes together (default 256)")
+    g.add_argument("--epochs", type=at_least(1), default=epochs,
+                   help=f"passes over the pretraining images (default {epochs})")
+    g.add_argument("--max_steps", type=at_least(1), default=None,
+                   help="total steps of --batch_size (overrides --epochs)")
+    g.add_argument("--warmup_epochs", type=float, default=2.0,
+                   help="linear warm-up of the lr before its cosine decay (default 2; at most half the run)")
+
+
+def view_args(parser: argparse.ArgumentParser) -> None:
+    """The two augmented views of each image in stages 1 and 2 (common.augment.view_configs)."""
+    g = parser.add_argument_group("Views")
+    g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
+    g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
+                   help="area range of the random resized crops (default 0.08 1, BYOL's)")
+    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     from rich.logging import RichHandler
 

@@ -17,6 +17,7 @@ import torch
 from .checkpoint import load_state, save_state
 from .errors import UserError
 from .hub import HubTarget
+from .optim import effective_lr
 from .precision import device_type, precision_name, run_precision
 
 
@@ -199,8 +200,11 @@ class FiniteGuard:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a training stage's run flags decide (common.cli.run_args says what each means)."""
+    """What a training stage's run and schedule flags decide (common.cli.run_args and schedule_args say what each
+    means)."""
     output_dir: str
+    lr: float
+    batch_size: int
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -215,43 +219,58 @@ class RunSpec:
 
 
 class Run:
-    """The run contract of the training stages, in one place: the output folder (--resume, --overwrite), the
-    precision, args.json, the steps with their guard, logs, periodic probe and checkpoints, then final/ with its
-    model card and upload. A stage builds its model between Run(...) and train(), and passes its step function:
+    """The run contract of the training stages, in one place: the effective lr, the precision,
+    the output folder (--resume, --overwrite), the pretraining images, args.json, the steps with their guard,
+    logs, periodic probe and checkpoints, then final/ with its model card and upload. A stage builds its model
+    between Run(...) and train(), and passes its step function:
 
-        run = Run(spec, flags, parser, "lead-byol")          # flags: vars(args) and what main derived from them
-        ...  build the model, accelerator.prepare(...)
-        step = run.train(step_fn, cache, batch_size, total, {"model": model}, opt, sched)
+        hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-byol")
+        run = Run(vars(args), get_args_parser(), "lead-byol", hub)
+        ...  build the model on run.cache, with run.lr; accelerator.prepare(...)
+        step = run.train(step_fn, total, {"model": model}, opt, sched)
         if step == total:
-            result = run.finish(model, card, probe, hub, "message")
+            result = run.finish(model, card, probe, "LEAD stage 1")
     """
 
-    def __init__(self, spec: RunSpec, flags: dict, parser, project: str):
-        self.spec, self.project, self.out = spec, project, Path(spec.output_dir)
+    def __init__(self, flags: dict, parser, project: str, hub: HubTarget):
+        from accelerate.utils import set_seed
+
+        from .cli import from_flags
+        from .data import DataSpec, load_tensors
+
+        spec = self.spec = from_flags(RunSpec, flags)
+        self.project, self.out = project, Path(spec.output_dir)
+        self.hub = hub                                                     # checked by the caller, first
+        self.lr = effective_lr(spec.lr, spec.batch_size, spec.grad_accum)
         self.accelerator, self.precision_reason = make_accelerator(
             spec.mixed_precision, spec.grad_accum, spec.report_to, self.out, resumed=self.out if spec.resume else None)
         self.precision = self.accelerator.mixed_precision                  # what auto chose
-        self.flags = {**flags, "precision": self.precision, "precision_reason": self.precision_reason}
+        self.flags = {**flags, "effective_lr": self.lr, "precision": self.precision,
+                      "precision_reason": self.precision_reason}
         prepare_output(self.out, spec.resume, spec.overwrite, self.accelerator.is_main_process)
         if spec.resume:
             check_resume_args(self.flags, self.out, RUN_FREE_ON_RESUME, parser)
         self.accelerator.wait_for_everyone()
-        from accelerate.utils import set_seed
         set_seed(spec.seed)
+        with self.accelerator.main_process_first():
+            self.cache = load_tensors(from_flags(DataSpec, flags), "pretrain")
+        check_batch(spec.batch_size, self.accelerator.num_processes, len(self.cache))
+        logging.getLogger("lead").info("lr: %g per 256 images, %g for the update of %d images", spec.lr, self.lr,
+                                       spec.batch_size * spec.grad_accum)
         self.report = self.step = self.total = None
 
     def precision_line(self) -> str:
         """The precision the run trains in and why, for its model card."""
         return f"{precision_name(self.precision)} ({self.precision_reason})"
 
-    def train(self, step_fn, cache, batch_size: int, total: int, state: dict, opt, sched, rate: str = "images_per_s",
-              probe=None, probe_every: int = 0) -> int:
+    def train(self, step_fn, total: int, state: dict, opt, sched, rate: str = "images_per_s", probe=None,
+              probe_every: int = 0) -> int:
         """Steps from the newest checkpoint (--resume) or 0 up to `total` (or --exit_after_steps more); the step
         reached. step_fn(images, step) -> the step's loss (a device scalar) runs one step on this process's share
         of the global batch (uint8 [B/processes, 3, S, S]); `state` (modules by name), opt and sched are what a
         checkpoint holds; `rate` names the throughput logged (images or pairs of views per second); probe() ->
         (figures, what data) runs every `probe_every` steps besides the end (0: only at the end)."""
-        acc, spec, out = self.accelerator, self.spec, self.out
+        acc, spec, out, batch_size = self.accelerator, self.spec, self.out, self.spec.batch_size
         step = load_checkpoint(acc, out, state, opt, sched) if spec.resume else 0
         if not spec.resume and acc.is_main_process:
             save_args(self.flags, out)
@@ -259,7 +278,7 @@ class Run:
         self.report = Reporter(acc, out, self.project, self.flags, total, step)
         guard, t0, seen = FiniteGuard(acc.device), time.perf_counter(), 0
         while step < stop:
-            loss = step_fn(local_batch(cache, batch_size, step, spec.seed, acc), step)
+            loss = step_fn(local_batch(self.cache, batch_size, step, spec.seed, acc), step)
             step += 1
             guard.update(loss, step)
             seen += batch_size
@@ -286,10 +305,10 @@ class Run:
         if result:
             self.report.log(step, {"probe": result, "probe_data": what})
 
-    def finish(self, model, card, probe, hub: HubTarget, message: str) -> dict:
+    def finish(self, model, card, probe, message: str) -> dict:
         """After the last step: final/ (`model`'s config.json and model.safetensors, and card({}, None) as its
         README.md) written before the probe, so that a failed probe or upload loses nothing; then the probe, the
-        card with its figures (card(figures, what data)) and the upload to `hub`."""
+        card with its figures (card(figures, what data)) and the upload to the Hub (--push_to_hub)."""
         acc, out = self.accelerator, self.out
         if acc.is_main_process:
             model.save_pretrained(out / "final")
@@ -300,7 +319,7 @@ class Run:
         self.report.close()
         if acc.is_main_process:
             (out / "final" / "README.md").write_text(card(result, what))
-            hub.push(out / "final", message)
+            self.hub.push(out / "final", message)
         acc.wait_for_everyone()
         return {"step": self.step, "probe": result}
 
