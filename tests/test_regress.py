@@ -190,6 +190,7 @@ def test_runs_write_results_predictions_and_a_loadable_regressor(cache_dir, tmp_
     args = parse("--features_from", "random-resnet18", "pca:8", "--hypercolumn_from", "random-resnet18",
                  "--num_train", "4", "100", "--seeds", "2", "--output_dir", str(out))
     results = regress.main(args)
+    assert json.loads((out / "args.json").read_text())["effective_lr"] == pytest.approx(1e-3)   # 8e-3 x 32 / 256
     train = regress.load_eval_split(from_flags(DataSpec, vars(args)), "train", args.resize, args.crop)["images"]
     assert len(fitted) == 1 and torch.equal(fitted[0], train)            # PCA fitted on the training images
     assert len(results["runs"]) == 2 * 2 * 2 and {r["num_train"] for r in results["runs"]} == {4, 24}
