@@ -21,7 +21,8 @@ from accelerate.utils import gather
 from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
-from common.cli import at_least, data_args, from_flags, run_args, run_cli, schedule_args, view_args
+from common.cli import (HelpWithDefaults, at_least, data_args, from_flags, run_args, run_cli, schedule_args,
+                        view_args)
 from common.data import DataSpec
 from common.errors import UserError
 from common.hub import HubTarget, data_line
@@ -37,7 +38,8 @@ OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args(), run_args("runs/byol")])
+    parser = argparse.ArgumentParser("BYOL pretraining (stage 1)", parents=[data_args(), run_args("runs/byol")],
+                                     formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default="resnet50", choices=ARCHS,
                    help="backbone (default resnet50); resnet18 for CPU-sized runs")

@@ -56,7 +56,7 @@ fi
 if [ "$QUICK" = 1 ]; then
     OUT=${DEMO_OUT:-runs/demo_quick}
     DATA=(--image_size 64 --num_images 96)
-    S1=(--crop_size 32 --batch_size 16 --max_steps 4 --checkpoint_every 2 --proj_hidden 64 --probe_pairs 8)
+    S1=(--crop_size 32 --batch_size 16 --lr 1.6e-2 --max_steps 4 --checkpoint_every 2 --proj_hidden 64 --probe_pairs 8)
     S2=(--crop_size 32 --batch_size 16 --max_steps 4 --checkpoint_every 2 --fpn_width 64 --probe_pairs 8)
     REG=(--resize 44 --crop 32 --epochs 1 --min_steps 10 --eval_every 5 --intermediate 4 --fit_rows 1024)
     FEW=(--num_train 5 20 --seeds 2)
@@ -65,7 +65,7 @@ if [ "$QUICK" = 1 ]; then
 elif [ -n "$REAL" ]; then
     OUT=${DEMO_OUT:-runs/demo_real}
     DATA=(--image_size 128)
-    S1=(--crop_size 64 --batch_size 64 --max_steps 500 --checkpoint_every 100 --proj_hidden 512)
+    S1=(--crop_size 64 --batch_size 64 --lr 4e-3 --max_steps 500 --checkpoint_every 100 --proj_hidden 512)
     S2=(--crop_size 64 --batch_size 32 --max_steps 1000 --checkpoint_every 200)
     REG=(--resize 90 --crop 64 --epochs 2 --min_steps 300 --eval_every 100)
     FEW=(--num_train 5 20 100 --seeds 2)
@@ -73,7 +73,7 @@ elif [ -n "$REAL" ]; then
 else
     OUT=${DEMO_OUT:-runs/demo}
     DATA=(--dataset synthetic)
-    S1=(--crop_size 64 --batch_size 64 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
+    S1=(--crop_size 64 --batch_size 64 --lr 4e-3 --max_steps 100 --checkpoint_every 50 --proj_hidden 512)
     S2=(--crop_size 64 --batch_size 32 --max_steps 150 --checkpoint_every 50)
     REG=(--resize 90 --crop 64 --epochs 3 --min_steps 100 --eval_every 50 --fit_rows 2048)
     FEW=(--num_train 5 20 100 --seeds 2)
@@ -101,8 +101,9 @@ run_stage() {
 
 # stage 1: pixel-level BYOL with DVE's term on its dense projections (the cross-identity study's recipe,
 # experiments/cross_identity.md, section 9); stage 2: LEAD distillation beside DVE's cross-identity term (weight 4)
-# on part of the channels, encoder from layer 1 on (section 10)
-S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --lr 4e-3 --objective pixel --dve_weight 4 --crop_scale 0.3 1
+# on part of the channels, encoder from layer 1 on (section 10). --lr is per 256 images (every stage's rule): stage 1's
+# 4e-3 at batch 64 (1.6e-2 at the quick 16) is Adam's 1e-3 per step
+S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --objective pixel --dve_weight 4 --crop_scale 0.3 1
      --flip 0)
 S2+=(--warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 --objective lead+dve --dve_channels 32 --dve_weight 4
      --unfreeze_encoder --keep_frozen 1)

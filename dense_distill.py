@@ -22,7 +22,8 @@ import torch.nn as nn
 from einops import rearrange
 
 from common.augment import make_views, view_configs
-from common.cli import at_least, data_args, from_flags, run_args, run_cli, schedule_args, view_args
+from common.cli import (HelpWithDefaults, at_least, data_args, from_flags, run_args, run_cli, schedule_args,
+                        view_args)
 from common.data import DataSpec
 from common.errors import UserError
 from common.features import check_source, load_model
@@ -41,7 +42,7 @@ OBJECTIVES = ("lead", "dve", "lead+dve", "cl")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("LEAD dense distillation (stage 2)",
-                                     parents=[data_args(), run_args("runs/distill")])
+                                     parents=[data_args(), run_args("runs/distill")], formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Model")
     g.add_argument("--init_from", required=True, help="a stage-1 final/ folder or Hub id (the teacher Φ_G)")
     g.add_argument("--feature_dim", type=at_least(1), default=64,

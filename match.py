@@ -29,8 +29,9 @@ logger = logging.getLogger("lead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from common.cli import data_args                    # light: the data layer loads `datasets` only when used
-    parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()])
+    from common.cli import HelpWithDefaults, data_args  # light: the data layer loads `datasets` only when used
+    parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()],
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--model", nargs="+", default=None,
                         help=f"stage-2 or stage-1 final/, Hub id, random-ARCH, pca:K, nmf:K (default: for photos and real "
                              f"data sets {REAL_MODEL} when it exists, for the synthetic faces {DEMO_MODEL})")

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import at_least, data_args, from_flags, run_cli
+from common.cli import HelpWithDefaults, at_least, data_args, from_flags, run_cli
 from common.data import DataSpec, load_tensors, synthetic
 from common.errors import UserError
 from common.viz import landmark_grid
@@ -27,7 +27,8 @@ logger = logging.getLogger("lead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Prepare data and preview it", parents=[data_args()], add_help=True)
+    parser = argparse.ArgumentParser("Prepare data and preview it", parents=[data_args()],
+                                     formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Output")
     g.add_argument("--splits", default=None,
                    help=f"comma-separated splits; default: {','.join(synthetic.SPLITS)} for synthetic, train,test otherwise")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import at_least, data_args, from_flags, hub_args, run_cli, zoom_range
+from common.cli import HelpWithDefaults, at_least, data_args, from_flags, hub_args, run_cli, zoom_range
 from common.data import DataSpec, describe, load_tensors
 from common.errors import UserError
 from common.features import FeatureStore, check_source, eval_crops, load_source
@@ -45,7 +45,8 @@ logger = logging.getLogger("lead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Landmark regression on frozen features (stage 3)", parents=[data_args()])
+    parser = argparse.ArgumentParser("Landmark regression on frozen features (stage 3)", parents=[data_args()],
+                                     formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Features")
     g.add_argument("--features_from", nargs="+", required=True,
                    help="one or more sources: stage-2/stage-1 final/ folders or Hub ids, random-ARCH, pca:K, nmf:K")
@@ -259,7 +260,7 @@ def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: 
         f"`{feats}`, which it needs at inference.",
         [f"features: `{feats}` (frozen), inputs resized to {args.resize} and centre-cropped to {args.crop}",
          f"{data_line(from_flags(DataSpec, vars(args)), 'train')}; {record['num_train']} labelled images, lr "
-         f"{args.lr} per 256 images"],
+         f"{args.lr} per 256 images ({effective_lr(args.lr, args.batch_size):.3g} at batch {args.batch_size})"],
         [f"- test error ({'% inter-ocular distance' if metric == 'iod' else '100 - PCK'}): {record['test']:.2f}; "
          f"the mean shape of the labelled images scores {record['mean_shape_test']:.2f}"],
         "from common.features import load_model, load_source\nfrom common.models import LandmarkRegressor\n"
@@ -375,6 +376,8 @@ def load_data(args) -> dict:
 def main(args) -> dict:
     out = Path(args.output_dir)
     hub = check_args(args)
+    logger.info("lr: %g per 256 images, %g at batch %d", args.lr, effective_lr(args.lr, args.batch_size),
+                args.batch_size)
     accelerator, _ = make_accelerator("no", 1, "none", out)
     if not args.resume:
         prepare_output(out, False, args.overwrite, accelerator.is_main_process)

@@ -134,7 +134,7 @@ def train_and_resume(module, argv: list[str], out: Path) -> tuple[bool, str]:
 
 
 def check_stages(checks: Checks, size: dict, tmp: Path) -> None:
-    arch = ["--arch", size["arch"], "--optimizer", "adam", "--lr", "1e-3"]
+    arch = ["--arch", size["arch"], "--optimizer", "adam", "--lr", f"{1e-3 * 256 / size['batch']:g}"]   # 1e-3 per step
     if size["arch"] == "resnet18":
         arch += ["--proj_hidden", "32", "--proj_dim", "16"]
     for name, objective in (("stage 1 image-level", ["--objective", "byol"]),

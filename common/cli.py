@@ -17,6 +17,19 @@ from collections.abc import Mapping
 from .errors import UserError
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """--help states every flag's default: a help text that does not say it gets "(default X)" (switches that are
+    off and flags without a default say nothing)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        value = action.default
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"{text} (default {shown.replace('%', '%%')})"
+
+
 def from_flags(spec_type, flags: Mapping):
     """The frozen dataclass `spec_type` from parsed flags (vars(args)): its fields by name, lists as tuples; other
     flags are the script's own."""

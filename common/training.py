@@ -111,10 +111,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool, is_main: bool) -> N
         out.mkdir(parents=True, exist_ok=True)
 
 
-# flags that change nothing any script computes: a resumed run may give them other values (effective_lr is derived
-# from flags that are checked)
-FREE_ON_RESUME = {"resume", "overwrite", "argv", "data_workers", "push_to_hub", "hub_model_id", "hub_private",
-                  "effective_lr"}
+# flags that change nothing any script computes: a resumed run may give them other values
+FREE_ON_RESUME = {"resume", "overwrite", "argv", "data_workers", "push_to_hub", "hub_model_id", "hub_private"}
 # and those of a training stage's run (make_accelerator checks the precision itself)
 RUN_FREE_ON_RESUME = {"exit_after_steps", "log_every", "checkpoint_every", "checkpoints_total_limit", "report_to",
                       "probe_pairs", "eval_every", "mixed_precision", "precision", "precision_reason"}
@@ -133,10 +131,14 @@ def check_resume_args(flags: dict, out: Path, also_free: set = frozenset(), pars
     def default(k):
         return json.loads(json.dumps(parser.get_default(k), default=str)) if parser is not None else None
     added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "", default(k))}
-    free = FREE_ON_RESUME | also_free | added
+    # effective_lr follows from checked flags (named instead); a run that did not record it began before the rule,
+    # and may have trained at another rate
+    derived = {"effective_lr"} if "effective_lr" in before else set()
+    free = FREE_ON_RESUME | also_free | added | derived
     changed = sorted(k for k in (now.keys() | before.keys()) - free if before.get(k) != now.get(k))
     if changed:
-        raise UserError(f"--resume with other settings than {out}'s ({', '.join(changed)}): use a new "
+        rule = "" if derived else " (that run began before the one learning-rate rule)"
+        raise UserError(f"--resume with other settings than {out}'s ({', '.join(changed)}){rule}: use a new "
                         "--output_dir, or --overwrite")
 
 

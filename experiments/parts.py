@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.cli import at_least, data_args, from_flags, run_cli  # noqa: E402
+from common.cli import HelpWithDefaults, at_least, data_args, from_flags, run_cli  # noqa: E402
 from common.data import DataSpec, load_tensors  # noqa: E402
 from common.errors import UserError
 from common.features import check_source, fit_nmf, load_source, nmf_project  # noqa: E402
@@ -41,7 +41,7 @@ METHODS = ("nmf", "kmeans")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Part discovery", parents=[data_args()])
+    parser = argparse.ArgumentParser("Part discovery", parents=[data_args()], formatter_class=HelpWithDefaults)
     parser.add_argument("--model", nargs="+", required=True,
                         help="model folders or Hub ids (stage 1: its hypercolumn; stage 2: its features), "
                              "random-resnet18 for an untrained reference")

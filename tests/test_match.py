@@ -166,9 +166,10 @@ def test_exif_rotated_photo_is_matched_in_its_displayed_frame(tmp_path, models):
 def test_a_dataset_row_brings_its_landmarks(cache_dir, tmp_path, models):
     flags = ["--num_images", "4", "--image_size", "64", "--data_workers", "1"]
     out = run("--model", models / "s2", "--ref", "test:1", "--query", "test:1", *flags, "--json", tmp_path / "m.json")
-    from common.data import load_tensors
+    from common.cli import from_flags
+    from common.data import DataSpec, load_tensors
     args = match.get_args_parser().parse_args(flags)
-    truth = load_tensors(args, "test").landmarks[1]
+    truth = load_tensors(from_flags(DataSpec, vars(args)), "test").landmarks[1]
     np.testing.assert_allclose(out["ref_points"], truth, atol=1e-5)
     assert np.abs(np.array(out["query_points"]) - truth).max() <= 1.0 + 1e-4        # the same image: one pixel
     with pytest.raises(UserError, match="has 4 images"):

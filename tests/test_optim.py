@@ -1,4 +1,5 @@
 """One learning-rate rule for every stage (MAE's): --lr per 256 images, x --batch_size x --grad_accum / 256."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -55,3 +56,18 @@ def test_regress_applies_the_rule_to_the_flag_not_to_a_smaller_batch(monkeypatch
     with pytest.raises(Stop):
         regress.train_regressor(args, stores, {}, torch.arange(3), 0, None, 5)
     assert seen == [pytest.approx(1e-3)]
+
+
+def test_resume_names_the_rule_for_a_run_that_began_before_it(tmp_path):
+    """A run begun before the rule recorded no effective_lr and may have trained at another rate: refused, with why.
+    One that recorded it is compared on the flags it follows from (named), not on the derived rate as well."""
+    from common.errors import UserError
+    from common.training import check_resume_args
+    flags = {"lr": 1e-3, "batch_size": 64, "grad_accum": 1}
+    (tmp_path / "args.json").write_text(json.dumps(flags))
+    with pytest.raises(UserError, match=r"\(effective_lr\) \(that run began before the one learning-rate rule\)"):
+        check_resume_args({**flags, "effective_lr": 2.5e-4}, tmp_path)
+    (tmp_path / "args.json").write_text(json.dumps({**flags, "effective_lr": 2.5e-4}))
+    check_resume_args({**flags, "effective_lr": 2.5e-4}, tmp_path)
+    with pytest.raises(UserError, match=r"other settings than .* \(lr\): use"):
+        check_resume_args({**flags, "lr": 2e-3, "effective_lr": 5e-4}, tmp_path)

@@ -52,7 +52,8 @@ def test_preview_split_must_be_prepared(cache_dir, tmp_path):
 
 def test_a_missing_local_dataset_folder_is_one_line(cache_dir, tmp_path):
     import pytest
-    from common.data import load_split
+    from common.cli import from_flags
+    from common.data import DataSpec, load_split
     from common.errors import UserError
     with pytest.raises(UserError, match="not found"):
-        load_split(args_for("--dataset", str(tmp_path / "missing")), "train")
+        load_split(from_flags(DataSpec, vars(args_for("--dataset", str(tmp_path / "missing")))), "train")

@@ -303,7 +303,8 @@ def test_score_split_val_scores_on_validation_and_never_reads_the_test_split(cac
     is not loaded at all."""
     loaded = []
     real = regress.load_eval_split
-    monkeypatch.setattr(regress, "load_eval_split", lambda data, split, *a: loaded.append(split) or real(data, split, *a))
+    monkeypatch.setattr(regress, "load_eval_split",
+                        lambda data, split, *a: loaded.append(split) or real(data, split, *a))
     res = regress.main(parse("--score_split", "val", "--output_dir", str(tmp_path / "val")))
     assert loaded == ["train", "val"] and res["splits"]["test"] == res["splits"]["val"] == 24
     run = res["runs"][0]

@@ -12,8 +12,8 @@ from common.models import DenseExtractor, ResNetEncoder
 from common.probe import other_faces
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--batch_size", "8", "--optimizer",
-          "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--data_workers", "1", "--max_steps", "2",
-          "--probe_pairs", "4"]
+          "adam", "--lr", "3.2e-2", "--proj_hidden", "32", "--proj_dim", "16", "--data_workers", "1",
+          "--max_steps", "2", "--probe_pairs", "4"]
 STAGE2 = ["--crop_size", "32", "--image_size", "32", "--batch_size", "8", "--lr", "1e-2", "--feature_dim", "16",
           "--fpn_width", "16", "--head_dim", "32", "--data_workers", "1", "--warmup_epochs", "0", "--max_steps", "2",
           "--probe_pairs", "4"]
