@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_state, save_state
+from .cli import from_flags
+from .data import DataSpec, load_tensors
 from .errors import UserError
 from .hub import HubTarget
 from .optim import effective_lr
@@ -235,10 +237,7 @@ class Run:
     """
 
     def __init__(self, flags: dict, parser, project: str, hub: HubTarget):
-        from accelerate.utils import set_seed
-
-        from .cli import from_flags
-        from .data import DataSpec, load_tensors
+        from accelerate.utils import set_seed                           # accelerate: imported when a run starts
 
         spec = self.spec = from_flags(RunSpec, flags)
         self.project, self.out = project, Path(spec.output_dir)
