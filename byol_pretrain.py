@@ -21,9 +21,7 @@ from accelerate.utils import gather
 from einops import rearrange
 
 from common.augment import make_views, view_configs, view_correspondence
-from common.cli import (HelpWithDefaults, at_least, data_args, from_flags, run_args, run_cli, schedule_args,
-                        view_args)
-from common.data import DataSpec
+from common.cli import HelpWithDefaults, at_least, data_args, run_args, run_cli, schedule_args, view_args
 from common.errors import UserError
 from common.hub import HubTarget, data_line
 from common.hub import model_card as hub_card
@@ -225,23 +223,24 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
     return loss.detach()
 
 
-def probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str | None]:
+def probe(args, run: Run, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str | None]:
     """Matching on labelled validation faces (common.probe.probe_data says which): trained vs. the same network
     untrained (measured once into `baseline`, since it does not change during training). ({}, None) when off or
     failed."""
-    if not args.probe_pairs or not accelerator.is_main_process:
+    if not args.probe_pairs or not run.accelerator.is_main_process:
         return {}, None
-    return guarded(_probe, args, accelerator, encoder, baseline) or ({}, None)
+    return guarded(_probe, args, run, encoder, baseline) or ({}, None)
 
 
-def _probe(args, accelerator, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str]:
-    cache, what = probe_data(from_flags(DataSpec, vars(args)))
+def _probe(args, run: Run, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str]:
+    cache, what = probe_data(run.data)
+    device = run.accelerator.device
     nets = {"trained": encoder}
     if not baseline:
         torch.manual_seed(args.seed)
-        nets["random"] = new_encoder(args).eval().to(accelerator.device)
+        nets["random"] = new_encoder(args).eval().to(device)
     with eval_mode(encoder):
-        out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(accelerator.device)).float().cpu())
+        out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(device)).float().cpu())
                          for name, net in nets.items()}, cache, args.crop_size, args.probe_pairs, args.seed)
     baseline.update({k: v for k, v in out.items() if k == "random"})
     out = {**out, "random": baseline["random"]}
@@ -256,7 +255,7 @@ def model_card(args, run: Run, probe_result: dict, probe_on: str | None, steps: 
         f"The instance-level encoder Φ_G of LEAD (WACV 2022), trained by `byol_pretrain.py` with the "
         f"`{args.objective}` objective on unlabelled faces. Its hypercolumn (layers 1-4, upsampled and "
         "concatenated) is the dense descriptor that stage 2 (`dense_distill.py`) distils into compact features.",
-        [data_line(from_flags(DataSpec, vars(args)), "pretrain"), f"steps: {steps}, global batch {args.batch_size}, "
+        [data_line(run.data, "pretrain"), f"steps: {steps}, global batch {args.batch_size}, "
          f"views {args.crop_size} px, optimizer {args.optimizer}, lr {args.lr} per 256 images "
          f"({run.lr:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
          f"precision: {run.precision_line()}"],
@@ -285,7 +284,7 @@ def main(args) -> dict:
     baseline = {}                                               # the untrained network's probe, measured once
 
     def probe_now():
-        return probe(args, accelerator, accelerator.unwrap_model(model).encoder, baseline)
+        return probe(args, run, accelerator.unwrap_model(model).encoder, baseline)
 
     every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
     step = run.train(lambda images, i: train_step(accelerator, model, target, opt, sched, images, args, i, total),

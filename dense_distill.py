@@ -22,9 +22,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from common.augment import make_views, view_configs
-from common.cli import (HelpWithDefaults, at_least, data_args, from_flags, run_args, run_cli, schedule_args,
-                        view_args)
-from common.data import DataSpec
+from common.cli import HelpWithDefaults, at_least, data_args, run_args, run_cli, schedule_args, view_args
 from common.errors import UserError
 from common.features import check_source, load_model
 from common.hub import HubTarget, data_line
@@ -199,17 +197,17 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
     return loss.detach()
 
 
-def probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str | None]:
+def probe(args, run: Run, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str | None]:
     """Matching on labelled validation faces (common.probe.probe_data says which): the compact features vs. the
     teacher's hypercolumn. ({}, None) when off or failed."""
-    if not args.probe_pairs or not accelerator.is_main_process:
+    if not args.probe_pairs or not run.accelerator.is_main_process:
         return {}, None
-    return guarded(_probe, args, accelerator, student, teacher) or ({}, None)
+    return guarded(_probe, args, run, student, teacher) or ({}, None)
 
 
-def _probe(args, accelerator, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str]:
-    cache, what = probe_data(from_flags(DataSpec, vars(args)))
-    dev = accelerator.device
+def _probe(args, run: Run, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str]:
+    cache, what = probe_data(run.data)
+    dev = run.accelerator.device
     with eval_mode(student):
         name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
         out = probe_all({name: lambda x: student(x.to(dev)).float().cpu(),
@@ -230,7 +228,7 @@ def model_card(args, run: Run, teacher: ResNetEncoder, probe_result: dict, probe
         f"encoder's {teacher.hypercolumn_dim}-d hypercolumn. Matching points by cosine similarity of these "
         "features carries landmarks between faces; a small regressor on them (`regress.py`) predicts landmarks.",
         [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
-         data_line(from_flags(DataSpec, vars(args)), "pretrain"),
+         data_line(run.data, "pretrain"),
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
          f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
          f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, lr {args.lr} per 256 images "
@@ -280,7 +278,7 @@ def main(args) -> dict:
         return {"step": step}
     student = accelerator.unwrap_model(model).student
     return run.finish(student, lambda result, on: model_card(args, run, teacher, result, on, step),
-                      lambda: probe(args, accelerator, student, teacher), "LEAD stage 2 (dense distillation)")
+                      lambda: probe(args, run, student, teacher), "LEAD stage 2 (dense distillation)")
 
 
 if __name__ == "__main__":

@@ -253,8 +253,9 @@ class Run:
             check_resume_args(self.flags, self.out, RUN_FREE_ON_RESUME, parser)
         self.accelerator.wait_for_everyone()
         set_seed(spec.seed)
+        self.data = from_flags(DataSpec, flags)                            # also the probe's and the card's
         with self.accelerator.main_process_first():
-            self.cache = load_tensors(from_flags(DataSpec, flags), "pretrain")
+            self.cache = load_tensors(self.data, "pretrain")
         check_batch(spec.batch_size, self.accelerator.num_processes, len(self.cache))
         logging.getLogger("lead").info("lr: %g per 256 images, %g for the update of %d images", spec.lr, self.lr,
                                        spec.batch_size * spec.grad_accum)
