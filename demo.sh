@@ -119,15 +119,15 @@ if [ -n "$REAL" ]; then
     MODELS=(--model "$OUT/distill/final" "$OUT/byol/final" random-resnet18)
     run_stage match_aflw matching.json "${LAUNCH[@]}" match.py --benchmark "${MTFL[@]}" "${DATA[@]}" "${MATCH[@]}" \
         "${MODELS[@]}"
-    PICTURE=("${MTFL[@]}")
+    PICTURE=("${MTFL[@]}") PAIR=(--ref test:0 --query test:7)
     if [ -d "$REAL/afw" ]; then
         AFW=(--dataset ptsfolder --data_dir "$REAL/afw")
-        run_stage match_afw matching.json "${LAUNCH[@]}" match.py --benchmark "${AFW[@]}" "${DATA[@]}" "${MATCH[@]}" \
-            "${MODELS[@]}"
-        PICTURE=("${AFW[@]}")
+        run_stage match_afw matching.json "${LAUNCH[@]}" match.py --benchmark "${AFW[@]}" --split all "${DATA[@]}" \
+            "${MATCH[@]}" "${MODELS[@]}"
+        PICTURE=("${AFW[@]}") PAIR=(--ref all:0 --query all:7)
     fi
     # one picture: a face's points carried to another person's (under runs/, never committed: the data's own)
-    $PY match.py "${PICTURE[@]}" "${DATA[@]}" --model "$OUT/distill/final" --ref test:0 --query test:7 --out "$OUT/match.png"
+    $PY match.py "${PICTURE[@]}" "${DATA[@]}" --model "$OUT/distill/final" "${PAIR[@]}" --out "$OUT/match.png"
     $PY -m common.demo_report "$OUT" --real $([ "$QUICK" = 1 ] && echo --quick)
     exit 0
 fi

@@ -40,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where the model runs (default auto: cuda when a GPU is available, else cpu)")
     g = parser.add_argument_group("Two images")
-    g.add_argument("--ref", help="reference image, or SPLIT:INDEX of --dataset (its landmarks are the points)")
+    g.add_argument("--ref", help="reference image, or SPLIT:INDEX of --dataset (its landmarks are the points; SPLIT "
+                                 "pretrain, train, val, test or all)")
     g.add_argument("--query", help="query image, or SPLIT:INDEX of --dataset")
     g.add_argument("--ref_points", default=None, help='points of the reference, "x,y;x,y" in its pixels')
     g.add_argument("--ref_points_file", default=None, help="a JSON list of [x, y] in the reference's pixels")
@@ -102,7 +103,7 @@ def load_image(args, path: str):
     if path is None:
         fail("two-image matching needs --ref and --query (or --benchmark)")
     split, _, index = path.rpartition(":")
-    if split in ("pretrain", "train", "val", "test") and index.isdigit() and not Path(path).exists():
+    if split in ("pretrain", "train", "val", "test", "all") and index.isdigit() and not Path(path).exists():
         from PIL import Image
 
         from common.cli import from_flags

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -27,17 +26,18 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from common.cli import HelpWithDefaults, at_least, data_args, from_flags, hub_args, run_cli, zoom_range
-from common.data import DataSpec, describe, load_tensors
+from common.data import DataSpec, describe
 from common.errors import UserError
-from common.features import FeatureStore, check_source, eval_crops, load_source
+from common.features import FeatureStore, Supervised, check_source, load_source
 from common.files import write_json
-from common.metrics import EYES, inter_ocular, iod_error, pck
-from common.models import LandmarkRegressor
 from common.hub import HubTarget, data_line, model_card
+from common.models import LandmarkRegressor
 from common.optim import effective_lr
+from common.protocols import PROTOCOLS, Protocol, resolve
+from common.regression import (RegressorSpec, Scorer, TrainedStore, finite, load_eval_split, mean_shape, predict,
+                               train_regressor, without_val)
 from common.training import check_resume_args, make_accelerator, prepare_output, save_args
 from common.viz import landmark_grid
 
@@ -49,14 +49,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Features")
     g.add_argument("--features_from", nargs="+", required=True,
-                   help="one or more sources: stage-2/stage-1 final/ folders or Hub ids, random-ARCH, pca:K, nmf:K")
+                   help="one or more sources: stage-2/stage-1 final/ folders or Hub ids, random-ARCH, pca:K, nmf:K, "
+                        "supervised:MODEL (MODEL's network from scratch, trained end to end with the regressor on the "
+                        "same labels: the supervised ceiling)")
     g.add_argument("--hypercolumn_from", default=None, help="the stage-1 model (or random-ARCH) pca:K / nmf:K reduce")
     g.add_argument("--fit_rows", type=at_least(16), default=8192, help="hypercolumn vectors PCA / NMF are fitted on")
     g.add_argument("--cache_gb", type=float, default=4.0, help="memory for cached features (beyond: on the fly)")
     g.add_argument("--feature_batch", type=at_least(1), default=32, help="images per forward of the extractor")
     g = parser.add_argument_group("Protocol")
-    g.add_argument("--resize", type=at_least(8), default=136, help="images are resized to this side ...")
-    g.add_argument("--crop", type=at_least(8), default=96, help="... and centre-cropped to this one (DVE)")
+    g.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="the reference preprocessing by name (common/protocols.py): dve (resize 100, crop 15 a side: "
+                        "70 px, DVE's aflw-mtfl and 300w configs) or cl (136, crop 20: 96 px, ContrastLandmark's and "
+                        "the LEAD paper's; the default when neither this nor --resize / --crop is given)")
+    g.add_argument("--resize", type=at_least(8), default=None,
+                   help="instead of --protocol: each face's box is resized to this side ...")
+    g.add_argument("--crop", type=at_least(8), default=None, help="... and centre-cropped to this one")
     g.add_argument("--num_train", type=at_least(1), nargs="+", default=None,
                    help="labelled training images per run (several: the few-shot curve); default all")
     g.add_argument("--seeds", type=at_least(1), default=1, help="runs per --num_train, each on other images")
@@ -92,117 +99,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_eval_split(data: DataSpec, split: str, resize: int, crop: int) -> dict:
-    """A split as the protocol's crops: images uint8 [N, 3, crop, crop], landmarks [N, K, 2], visible [N, K]."""
-    cache = load_tensors(data, split)
-    if len(cache) == 0:
-        raise UserError(f"the {split} split is empty")
-    if cache.landmarks.shape[1] == 0:
-        raise UserError(f"--dataset {data.dataset}: the {split} split has no landmarks; regress.py needs a labelled "
-                        "data set")
-    parts = []
-    for s in range(0, len(cache), 256):                          # bounded memory on large sets
-        b = cache.batch(range(s, min(s + 256, len(cache))))
-        parts.append(eval_crops(b["images"], b["landmarks"], b["visible"], resize, crop))
-    return {k: torch.cat(v) for k, v in zip(("images", "landmarks", "visible"), zip(*parts))}
-
-
-def without_val(train: dict, val: dict) -> tuple[dict, int]:
-    """The training images minus those that are also validation images (AFLW, 300-W and CUB carve `val` out of
-    `train`, see common/data/readers.py), so that the model selected on `val` never trained on it."""
-    def digest(x):
-        return hashlib.sha1(x.numpy().tobytes()).digest()
-
-    seen = {digest(x) for x in val["images"]}
-    keep = torch.tensor([digest(x) not in seen for x in train["images"]])
-    return {k: v[keep] for k, v in train.items()}, int((~keep).sum())
-
-
-def to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
-    return (2 * points + 1) / size - 1
-
-
-def to_pixels(unit: torch.Tensor, size: int) -> torch.Tensor:
-    return (unit + 1) * size / 2 - 0.5
-
-
-class Scorer:
-    """The protocol's error, lower is better: % inter-ocular distance per image, or 100 - PCK (in %)."""
-
-    def __init__(self, args, num_points: int):
-        self.metric = args.metric if args.metric != "auto" else "pck" if args.dataset == "cub" else "iod"
-        self.eyes = tuple(args.eye_idx) if args.eye_idx else None
-        if self.eyes and not all(0 <= i < num_points for i in self.eyes):
-            raise UserError(f"--eye_idx {args.eye_idx[0]} {args.eye_idx[1]}: the data has points 0-{num_points - 1}")
-        if self.metric == "iod" and self.eyes is None and num_points not in EYES:
-            raise UserError(f"{num_points} landmarks: no default eye points; give --eye_idx A B or --metric pck")
-        self.size, self.alpha = args.crop, args.pck_alpha                 # PCK's threshold: alpha x the crop
-
-    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor) -> tuple[float, list[float]]:
-        """Mean error and the per-landmark errors of predictions [N, K, 2] (pixels)."""
-        if self.metric == "iod":
-            dist = 100 * (pred - gt).norm(dim=-1) / inter_ocular(gt, self.eyes)[:, None]
-            rel = torch.where(visible, dist, float("nan"))
-            return iod_error(pred, gt, self.eyes, visible).nanmean().item(), finite(rel.nanmean(0))
-        hit = pck(pred, gt, visible, self.size, self.alpha)
-        per_landmark = pck(pred, gt, visible, self.size, self.alpha, per_landmark=True)
-        return 100 * (1 - hit.item()), finite(100 * (1 - per_landmark))
-
-
-def finite(values: torch.Tensor) -> list[float | None]:
-    """A list for JSON: None where a landmark was never visible (NaN is not JSON)."""
-    return [None if math.isnan(v) else v for v in values.tolist()]
-
-
-def predict(reg: LandmarkRegressor, store: FeatureStore, size: int) -> torch.Tensor:
-    with torch.no_grad():
-        out = [reg(store(torch.arange(s, min(s + store.batch, len(store.images)))))[0]
-               for s in range(0, len(store.images), store.batch)]
-    return to_pixels(torch.cat(out).cpu(), size)
-
-
-def train_regressor(args, stores: dict, data: dict, idx: torch.Tensor, seed: int, scorer: Scorer, num_points: int):
-    """One run: a regressor trained on training images idx, the validation-best weights kept. Returns the
-    regressor and its record (validation curve, best step)."""
-    dev = stores["train"].device
-    torch.manual_seed(seed)
-    reg = LandmarkRegressor(stores["train"].source.dim, num_points, args.intermediate, args.softargmax_mul,
-                            args.shared_heatmaps).to(dev)
-    opt = torch.optim.Adam(reg.parameters(), lr=effective_lr(args.lr, args.batch_size), weight_decay=args.weight_decay,
-                           amsgrad=True)
-    target = to_unit(data["train"]["landmarks"], args.crop).to(dev)
-    visible = data["train"]["visible"].to(dev)
-    batch = min(args.batch_size, len(idx))
-    per_epoch = math.ceil(len(idx) / batch)
-    steps = max(args.epochs * per_epoch, args.min_steps)
-    g = torch.Generator().manual_seed(seed)
-    best, curve, order = (math.inf, 0, None), [], torch.empty(0, dtype=torch.long)
-    for step in range(1, steps + 1):
-        if len(order) < batch:                                   # a new pass over the labelled images
-            order = torch.cat([order, idx[torch.randperm(len(idx), generator=g)]])
-        b, order = order[:batch], order[batch:]
-        pred, _ = reg(stores["train"](b))
-        vis = visible[b][..., None].float()
-        loss_fn = F.mse_loss if args.loss == "l2" else F.smooth_l1_loss
-        loss = (loss_fn(pred, target[b], reduction="none") * vis).sum() / vis.sum().clamp_min(1) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % args.eval_every == 0 or step == steps:         # model selection: validation only
-            val, _ = scorer(predict(reg, stores["val"], args.crop), data["val"]["landmarks"], data["val"]["visible"])
-            curve.append([step, val])
-            if val < best[0]:
-                best = (val, step, {k: v.detach().clone() for k, v in reg.state_dict().items()})
-    reg.load_state_dict(best[2])
-    return reg, {"val": best[0], "best_step": best[1], "steps": steps, "val_curve": curve}
-
-
-def mean_shape(data: dict, idx: torch.Tensor) -> torch.Tensor:
-    """The floor without features: every test image gets the mean shape of the labelled training images."""
-    lm, vis = data["train"]["landmarks"][idx], data["train"]["visible"][idx][..., None].float()
-    return (lm * vis).sum(0) / vis.sum(0).clamp_min(1)
-
-
 def plan(args, n_train: int) -> list[tuple[int, int, int]]:
     """(source index, labelled images, seed) of every run; a size larger than the training split is cut to it."""
     sizes = sorted({min(n, n_train) for n in args.num_train}) if args.num_train else [n_train]
@@ -210,11 +106,16 @@ def plan(args, n_train: int) -> list[tuple[int, int, int]]:
 
 
 def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
-    """The feature source and its stores for the three splits, train first within the --cache_gb budget."""
+    """The feature source and its stores for the three splits, train first within the --cache_gb budget (a network
+    trained end to end: its training features with gradients, the others per batch, nothing cached)."""
     t0 = time.perf_counter()
     source = load_source(spec, args.hypercolumn_from, data["train"]["images"], args.fit_rows, device)
     budget, stores = args.cache_gb * 2**30, {}
+    if isinstance(source, Supervised):
+        budget, stores["train"] = 0, TrainedStore(source, data["train"]["images"], args.feature_batch)
     for split in ("train", "val", "test"):
+        if split in stores:
+            continue
         if split == "test" and data["test"] is data["val"]:      # --score_split val: the same images
             stores["test"] = stores["val"]
             continue
@@ -222,7 +123,7 @@ def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
         budget -= stores[split].nbytes
     info = {"features_from": spec, "name": source.name, "dim": source.dim,
             "cached": {k: v.kind or "no" for k, v in stores.items()},
-            "cache_mb_per_image": stores["train"].bytes_per_image / 2**20, "features_s": time.perf_counter() - t0}
+            "cache_mb_per_image": stores["val"].bytes_per_image / 2**20, "features_s": time.perf_counter() - t0}
     logger.info("%s: %s, %d-d, cached %s (%.2f MB per image), %.1f s", spec, source.name, source.dim,
                 info["cached"], info["cache_mb_per_image"], info["features_s"])
     return stores, info
@@ -231,11 +132,15 @@ def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
 def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, LandmarkRegressor, torch.Tensor]:
     source, n, seed = task
     # the labelled images depend on (seed, n) only: every source is trained on the same ones
-    idx = torch.randperm(len(data["train"]["images"]), generator=torch.Generator().manual_seed(
-        args.seed * 1_000_003 + seed))[:n]
+    run_seed = args.seed * 1_000_003 + seed
+    idx = torch.randperm(len(data["train"]["images"]), generator=torch.Generator().manual_seed(run_seed))[:n]
     t0 = time.perf_counter()
-    reg, record = train_regressor(args, stores, data, idx, args.seed * 1_000_003 + seed, scorer, num_points)
-    pred = predict(reg, stores["test"], args.crop)
+    network = stores["train"].source if isinstance(stores["train"], TrainedStore) else None
+    if network is not None:                                      # every run of the ceiling starts from scratch
+        network.reset(run_seed)
+    reg, record = train_regressor(from_flags(RegressorSpec, vars(args)), stores, data, idx, run_seed, scorer,
+                                  num_points, network)
+    pred = predict(reg, stores["test"], scorer.size)
     test, per_point = scorer(pred, data["test"]["landmarks"], data["test"]["visible"])
     floor, _ = scorer(mean_shape(data, idx).expand_as(pred), data["test"]["landmarks"], data["test"]["visible"])
     record.update(source=source, num_train=n, seed=seed, test=test, per_landmark=per_point, mean_shape_test=floor,
@@ -246,10 +151,13 @@ def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, Landmar
 
 
 def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: dict, pred: torch.Tensor, data: dict,
-               name: str, metric: str):
-    """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels."""
-    reg.save_pretrained(out / "final")
+               name: str, metric: str, protocol: Protocol):
+    """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels.
+    config.json says what the regressor's input is: its features and the protocol's crop of the data set's box."""
     ref, feats = hub.model_ref(out), args.features_from[0]
+    reg.save_pretrained(out / "final", config={**reg._hub_mixin_config, "features_from": feats, "dataset": args.dataset,
+                                               "protocol": protocol.name, "resize": protocol.resize,
+                                               "crop": protocol.crop})
     load = f'load_model("{feats}")' if feats.partition(":")[0] not in ("pca", "nmf") else \
         f'load_source("{feats}", "{args.hypercolumn_from}", train_images)   # refitted on the training images'
     (out / "final" / "README.md").write_text(model_card(
@@ -258,15 +166,15 @@ def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: 
         f"{'shared by all landmarks' if reg.shared else 'per landmark'} and a linear map to its "
         f"{reg.num_points} points) trained by `regress.py` on the frozen features of "
         f"`{feats}`, which it needs at inference.",
-        [f"features: `{feats}` (frozen), inputs resized to {args.resize} and centre-cropped to {args.crop}",
+        [f"features: `{feats}` (frozen); protocol {protocol.describe()}",
          f"{data_line(from_flags(DataSpec, vars(args)), 'train')}; {record['num_train']} labelled images, lr "
          f"{args.lr} per 256 images ({effective_lr(args.lr, args.batch_size):.3g} at batch {args.batch_size})"],
         [f"- test error ({'% inter-ocular distance' if metric == 'iod' else '100 - PCK'}): {record['test']:.2f}; "
          f"the mean shape of the labelled images scores {record['mean_shape_test']:.2f}"],
         "from common.features import load_model, load_source\nfrom common.models import LandmarkRegressor\n"
         f"features = {load}\nregressor = LandmarkRegressor.from_pretrained(\"{ref}\")\n"
-        f"points, _ = regressor(features(crops))   # crops [B, 3, {args.crop}, {args.crop}] in [0, 1] -> [B, K, 2] "
-        "in [-1, 1]",
+        f"points, _ = regressor(features(crops))   # crops [B, 3, {protocol.crop}, {protocol.crop}] in [0, 1] -> "
+        "[B, K, 2] in [-1, 1]",
         None, ["facial-landmarks", "landmark-regression"]))
     k = min(16, len(pred))
     truth = torch.where(data["test"]["visible"][..., None], data["test"]["landmarks"], float("nan"))
@@ -274,7 +182,7 @@ def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: 
                   cols=8, scale=3.0).save(out / "predictions.png")
 
 
-def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -> dict:
+def summarise(args, records: list[dict], infos: dict, data: dict, metric: str, protocol: Protocol) -> dict:
     rows = []
     for s, spec in enumerate(args.features_from):
         for n in sorted({r["num_train"] for r in records}):
@@ -290,7 +198,9 @@ def summarise(args, records: list[dict], infos: dict, data: dict, metric: str) -
             "variant": args.variant,
             "metric": metric,
             "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
-            "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [args.resize, args.crop],
+            "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [protocol.resize, protocol.crop],
+            "protocol": {"name": protocol.name, "resize": protocol.resize, "crop": protocol.crop,
+                         "describe": protocol.describe()},
             "sources": infos, "summary": rows, "runs": records, "command": sys.argv}
 
 
@@ -303,7 +213,8 @@ def write_reports(out: Path, results: dict) -> None:
         return f"{r['mean']:.2f} ± {r['std']:.2f}" if r["runs"] > 1 else f"{r['mean']:.2f}"
 
     scored = "Test" if results.get("score_split", "test") == "test" else "Validation"
-    lines = [f"{scored} error ({results['error']}), by labelled training images; model selection on validation.", "",
+    lines = [f"{scored} error ({results['error']}), by labelled training images; model selection on validation; "
+             f"protocol {results['protocol']['describe']}.", "",
              "| features | dim | " + " | ".join(map(str, sizes)) + " |", "| --- | --- |" + " --- |" * len(sizes)]
     for spec, name, dim in names:
         by_n = {r["num_train"]: r for r in rows if r["features_from"] == spec}
@@ -335,12 +246,12 @@ def write_reports(out: Path, results: dict) -> None:
 ALSO_FREE_ON_RESUME = {"cache_gb", "feature_batch", "num_train", "seeds"}
 
 
-def check_args(args) -> HubTarget:
-    """Every user mistake that can be seen before any work, on every process, as one line; the upload target."""
+def check_args(args) -> tuple[HubTarget, Protocol]:
+    """Every user mistake that can be seen before any work, on every process, as one line; the upload target and the
+    protocol."""
     out = Path(args.output_dir)
     hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-regressor")
-    if args.resize < args.crop:
-        raise UserError(f"--crop {args.crop} is larger than --resize {args.resize}")
+    protocol = resolve(args.protocol, args.resize, args.crop)
     if args.dataset == "imagefolder":
         raise UserError("--dataset imagefolder has no landmarks: regress.py needs a labelled data set "
                         "(synthetic, celeba, mafl, aflw_m, aflw_r, 300w or cub)")
@@ -352,7 +263,7 @@ def check_args(args) -> HubTarget:
         check_source(spec, args.hypercolumn_from)
     if args.resume:
         check_resume_args(flags(args), out, ALSO_FREE_ON_RESUME, get_args_parser())
-    return hub
+    return hub, protocol
 
 
 def flags(args) -> dict:
@@ -360,11 +271,11 @@ def flags(args) -> dict:
     return {**vars(args), "effective_lr": effective_lr(args.lr, args.batch_size)}
 
 
-def load_data(args) -> dict:
+def load_data(args, protocol: Protocol) -> dict:
     spec = from_flags(DataSpec, vars(args))
-    data = {split: load_eval_split(spec, split, args.resize, args.crop) for split in ("train", "val")}
+    data = {split: load_eval_split(spec, split, protocol) for split in ("train", "val")}
     test = dataclasses.replace(spec, zoom_out=args.test_zoom_out or args.zoom_out)
-    data["test"] = load_eval_split(test, "test", args.resize, args.crop) if args.score_split == "test" else data["val"]
+    data["test"] = load_eval_split(test, "test", protocol) if args.score_split == "test" else data["val"]
     data["train"], dropped = without_val(data["train"], data["val"])
     if dropped:
         logger.info("%d training images are also validation images: left out of training", dropped)
@@ -375,9 +286,9 @@ def load_data(args) -> dict:
 
 def main(args) -> dict:
     out = Path(args.output_dir)
-    hub = check_args(args)
-    logger.info("lr: %g per 256 images, %g at batch %d", args.lr, effective_lr(args.lr, args.batch_size),
-                args.batch_size)
+    hub, protocol = check_args(args)
+    logger.info("protocol %s; lr: %g per 256 images, %g at batch %d", protocol.describe(), args.lr,
+                effective_lr(args.lr, args.batch_size), args.batch_size)
     accelerator, _ = make_accelerator("no", 1, "none", out)
     if not args.resume:
         prepare_output(out, False, args.overwrite, accelerator.is_main_process)
@@ -387,9 +298,10 @@ def main(args) -> dict:
         if not args.resume:
             save_args(flags(args), out)
     with accelerator.main_process_first():
-        data = load_data(args)
+        data = load_data(args, protocol)
     num_points = data["train"]["landmarks"].shape[1]
-    scorer = Scorer(args, num_points)
+    metric = args.metric if args.metric != "auto" else "pck" if args.dataset == "cub" else "iod"
+    scorer = Scorer(num_points, metric, args.eye_idx, protocol.crop, args.pck_alpha)
     tasks = plan(args, len(data["train"]["images"]))
     largest = max(t[1] for t in tasks)
     stores, infos = {}, {}
@@ -404,7 +316,7 @@ def main(args) -> dict:
             write_json(out / "runs" / f"source-{task[0]}.json", infos[task[0]])
         record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
         if task == (0, largest, 0):                             # before the record: a resume would skip it
-            save_final(args, hub, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric)
+            save_final(args, hub, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric, protocol)
         write_json(path, record)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -412,7 +324,7 @@ def main(args) -> dict:
     records = [json.loads((out / "runs" / "{}-{}-{}.json".format(*t)).read_text()) for t in tasks]
     infos = {s: json.loads(p.read_text()) for s in range(len(args.features_from))
              if (p := out / "runs" / f"source-{s}.json").exists()}
-    results = summarise(args, records, infos, data, scorer.metric)
+    results = summarise(args, records, infos, data, scorer.metric, protocol)
     write_json(out / "results.json", results)
     write_reports(out, results)
     logger.info("results: %s\n%s", out / "results.json", (out / "results.md").read_text())

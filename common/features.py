@@ -65,6 +65,31 @@ class Hypercolumn(FeatureSource):
         return self.encoder.hypercolumn_of([p.float() for p in parts])
 
 
+class Supervised(FeatureSource):
+    """The network of a frozen source (a stage-2 extractor or a stage-1 encoder's hypercolumn), re-initialised and
+    trainable: regress.py trains it end to end with the regressor on the labels, the supervised ceiling of the
+    frozen features. reset(seed) draws fresh weights (the architecture's own initialisation)."""
+
+    def __init__(self, base: Compact | Hypercolumn):
+        network = base.model if isinstance(base, Compact) else base.encoder
+        super().__init__(f"supervised-{network.arch}", base.dim, base.input_size)
+        self.base, self.network = base, network
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = type(self.network)(**self.network._hub_mixin_config)
+        self.network.load_state_dict(fresh.state_dict())
+        self.network.requires_grad_(True)
+
+    def parts(self, x):
+        return self.base.parts(x)
+
+    def assemble(self, parts):
+        return self.base.assemble(parts)
+
+
 class Reduced(FeatureSource):
     """A hypercolumn projected to k channels by PCA (mean [C], basis [k, C]) or NMF (basis [k, C] >= 0)."""
 
@@ -135,6 +160,12 @@ def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
     """The kind of a --features_from / --model value (compact, hypercolumn, random, pca, nmf) without loading
     weights, so that a mistake fails before hours of work on the other sources; a one-line error otherwise."""
     kind, _, k = spec.partition(":")
+    if kind == "supervised":
+        if not k or k.partition(":")[0] in ("pca", "nmf", "supervised") or check_source(k) not in (
+                "compact", "hypercolumn", "random"):
+            raise UserError(f"{spec}: expected supervised:MODEL with MODEL a stage-1 or stage-2 final/ (its network, "
+                            "trained from scratch)")
+        return kind
     if kind in ("pca", "nmf"):
         if not k.isdigit() or int(k) < 1:
             raise UserError(f"{spec}: expected {kind}:K with K a positive number of components")
@@ -198,6 +229,8 @@ def load_source(spec: str, hypercolumn_from: str | None = None, fit_images: torc
     """Any --features_from / --model value. pca:K and nmf:K reduce the hypercolumn of `hypercolumn_from`,
     fitted on `fit_images` (uint8, the evaluated data set's training images: never its test images)."""
     kind, _, k = spec.partition(":")
+    if check_source(spec, hypercolumn_from) == "supervised":
+        return Supervised(load_model(k)).to(device)
     if check_source(spec, hypercolumn_from) not in ("pca", "nmf"):
         return load_model(spec).to(device)
     if fit_images is None:
@@ -254,11 +287,13 @@ class FeatureStore:
 
 
 def eval_crops(images: torch.Tensor, landmarks: torch.Tensor, visible: torch.Tensor, resize: int, crop: int):
-    """The regression protocol's input (DVE): uint8 images [N, 3, S, S] resized to `resize`, centre crop `crop`;
-    landmarks [N, K, 2] (pixel centres) moved with them, and points that fall outside the crop made invisible."""
-    x = F.interpolate(images.float(), size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+    """The regression protocol's input (DVE): uint8 images [N, 3, S, S] resized to `resize` (nothing to do when S is
+    already `resize`, as regress.py loads them), centre crop `crop`; landmarks [N, K, 2] (pixel centres) moved with
+    them. Points that fall outside the crop stay as they are, scored like the others (DVE keeps them)."""
+    x = images
+    if images.shape[-1] != resize:
+        x = F.interpolate(images.float(), size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     top = (resize - crop) // 2
-    x = x[..., top:top + crop, top:top + crop].round().clamp(0, 255).to(torch.uint8)
     points = (landmarks + 0.5) * (resize / images.shape[-1]) - 0.5 - top
-    inside = ((points >= -0.5) & (points <= crop - 0.5)).all(-1)
-    return x, points, visible.bool() & inside
+    return x[..., top:top + crop, top:top + crop].contiguous(), points, visible.bool()

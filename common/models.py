@@ -259,8 +259,13 @@ class LandmarkRegressor(nn.Module, StageModel):
     stage = "regressor"
 
     def __init__(self, feature_dim: int, num_points: int, intermediate: int = 50, softargmax_mul: float = 100.0,
-                 shared: bool = False):
+                 shared: bool = False, features_from: str = "", protocol: str = "", resize: int = 0, crop: int = 0,
+                 dataset: str = ""):
         super().__init__()
+        # what its input is (regress.py records it in config.json): the feature source it was trained on, and the
+        # crops of `dataset`'s faces resized to `resize` and centre-cropped to `crop` (common/protocols.py)
+        self.features_from, self.protocol, self.resize, self.crop, self.dataset = \
+            features_from, protocol, resize, crop, dataset
         self.num_points, self.intermediate, self.shared, self.softargmax_mul = num_points, intermediate, shared, \
             softargmax_mul
         self.heatmaps = nn.Conv2d(feature_dim, intermediate * (1 if shared else num_points), 1, bias=False)

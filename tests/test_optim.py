@@ -51,10 +51,12 @@ def test_regress_applies_the_rule_to_the_flag_not_to_a_smaller_batch(monkeypatch
         raise Stop
 
     monkeypatch.setattr(torch.optim, "Adam", adam)
+    from common.cli import from_flags
+    from common.regression import RegressorSpec, Scorer, train_regressor
     args = regress.get_args_parser().parse_args(["--features_from", "random-resnet18"])
     stores = {"train": SimpleNamespace(device="cpu", source=SimpleNamespace(dim=8))}
     with pytest.raises(Stop):
-        regress.train_regressor(args, stores, {}, torch.arange(3), 0, None, 5)
+        train_regressor(from_flags(RegressorSpec, vars(args)), stores, {}, torch.arange(3), 0, Scorer(5), 5)
     assert seen == [pytest.approx(1e-3)]
 
 

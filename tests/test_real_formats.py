@@ -10,7 +10,7 @@ from common.cli import data_args, from_flags
 from common.data import DataSpec, load_tensors
 from common.errors import UserError
 from common.imageio import crop_resize
-from common.data.readers import MTFL_SIDE, READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
+from common.data.readers import FRAME_DROP, FRAME_SIDE, READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
 from common.hub import data_line
 from common.imageio import open_rgb
 from tests.format_fixtures import (mtfl_test_points, mtfl_training_points, pts_folder_points, write_mtfl,
@@ -46,15 +46,15 @@ def test_mtfl_splits_points_and_boxes(tmp_path):
     assert name(test, 0) == "0001-image20056.jpg"
     # test: DVE's preprocessing takes the whole 150x150 AFLW crop
     assert test[1]["box"] == [-0.5, -0.5, 149.5, 149.5]
-    # training face t: side 3.1 x max(20 inter-ocular, 30 eye-to-mouth) = 93, centred on the points' mean
-    # (0-based: x = 49 + t, y = (49 + 49 + 64 + 79 + 79) / 5 = 64)
+    # training face t: side 4.2 x max(20 inter-ocular, 30 eye-to-mouth) = 126, centred 0.08 x 30 = 2.4 below the
+    # points' mean (0-based: x = 49 + t, y = (49 + 49 + 64 + 79 + 79) / 5 = 64)
     t = 1
-    expected = [49 + t - 46.5, 64 - 46.5, 49 + t + 46.5, 64 + 46.5]
+    expected = [49 + t - 63, 66.4 - 63, 49 + t + 63, 66.4 + 63]
     np.testing.assert_allclose(train[t]["box"], expected, atol=1e-4)
-    assert MTFL_SIDE == 3.1
-    # the eye-to-mouth distance decides for a profile face, the eyes for a wide one
+    assert (FRAME_SIDE, FRAME_DROP) == (4.2, 0.08)
+    # the eye-to-mouth distance decides for a profile face, the eyes for a wide one (50: side 210, 4 px lower)
     wide = np.array([[0, 0], [50, 0], [25, 5], [15, 10], [35, 10]], float)
-    np.testing.assert_allclose(mtfl_box(wide), [25 - 77.5, 5 - 77.5, 25 + 77.5, 5 + 77.5])
+    np.testing.assert_allclose(mtfl_box(wide), [25 - 105, 9 - 105, 25 + 105, 9 + 105])
 
 
 def test_mtfl_cache_crops_the_training_face_to_its_box(cache_dir, tmp_path):
@@ -83,7 +83,7 @@ def test_mtfl_errors(tmp_path):
 
 def test_pts_folder_reads_each_image_and_its_points(tmp_path):
     write_pts_folder(tmp_path)
-    ds = read_ptsfolder(tmp_path, "test")
+    ds = read_ptsfolder(tmp_path, "all")
     assert len(ds) == 4 and READERS["ptsfolder"] is read_ptsfolder
     assert [name(ds, i) for i in range(4)] == ["1000_1.jpg", "1000_2.jpg", "1000_3.png", "1000_4.jpg"]
     k = 2
@@ -91,7 +91,25 @@ def test_pts_folder_reads_each_image_and_its_points(tmp_path):
     np.testing.assert_allclose(lms(ds, k), points - 1, atol=1e-4)
     # the 300-W crop of the points' bounding box, in 1-based coordinates as 300-W's own boxes
     np.testing.assert_allclose(ds[k]["box"], box_300w([*points.min(0), *points.max(0)]), atol=1e-4)
-    assert len(read_ptsfolder(tmp_path, "train")) == 4 and ds[0]["identity"] == -1
+    assert len(read_ptsfolder(tmp_path, "train")) == 4 and ds[0]["identity"] == -1     # photo 1000: a train photo
+    assert len(read_ptsfolder(tmp_path)) == len(read_ptsfolder(tmp_path, "pretrain")) == 4
+
+
+def test_pts_folder_splits_by_photo_into_train_and_val(tmp_path):
+    """The faces of one photo stay together; photos 1004 and 1010 are validation photos (CRC-32 of their names 0
+    modulo 10: 1004 -> 3007997710, 1010 -> 2906427990, worked out once), 1000 and 1001 training ones; a folder of
+    folders (afw/, helen_train/) is read whole; `test` is no split of such a folder."""
+    for sub, photo, faces in (("afw", "1000", 2), ("afw", "1004", 2), ("helen", "1001", 1), ("helen", "1010", 1)):
+        write_pts_folder(tmp_path / sub / photo, faces)
+        for k in range(faces):                                   # 1000_1.jpg -> PHOTO_1.jpg
+            for f in (tmp_path / sub / photo).glob(f"1000_{k + 1}.*"):
+                f.rename(tmp_path / sub / f"{photo}_{k + 1}{f.suffix}")
+    val, train = read_ptsfolder(tmp_path, "val"), read_ptsfolder(tmp_path, "train")
+    assert sorted(name(val, i) for i in range(len(val))) == ["1004_1.jpg", "1004_2.jpg", "1010_1.jpg"]
+    assert sorted(name(train, i) for i in range(len(train))) == ["1000_1.jpg", "1000_2.jpg", "1001_1.jpg"]
+    assert len(read_ptsfolder(tmp_path, "all")) == 6
+    with pytest.raises(UserError, match=r"ptsfolder: no 'test' split \(valid: train, val, all, pretrain"):
+        read_ptsfolder(tmp_path, "test")
 
 
 def test_pts_folder_errors_and_a_pts_without_its_image(tmp_path, caplog):

@@ -16,6 +16,8 @@ from common.errors import UserError
 from common.features import (Compact, FeatureSource, FeatureStore, Hypercolumn, eval_crops, fit_nmf, fit_pca,
                              load_source, nmf_project)
 from common.models import DenseExtractor, LandmarkRegressor, ResNetEncoder, soft_argmax
+from common.protocols import Protocol
+from common.regression import RegressorSpec, Scorer, load_eval_split, predict, to_pixels, train_regressor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--features_from", "random-resnet18",
@@ -36,8 +38,8 @@ def test_soft_argmax_of_a_one_hot_map_is_that_cell_and_maps_to_its_pixel():
         logits[:, j, y, x] = 0
     unit = soft_argmax(logits)
     # a map as large as the image: cell (x, y) is pixel (x, y)
-    assert torch.allclose(regress.to_pixels(unit[..., 0], 8), torch.tensor([[0.0, 7, 3]] * 2), atol=1e-4)
-    assert torch.allclose(regress.to_pixels(unit[..., 1], 6), torch.tensor([[0.0, 5, 2]] * 2), atol=1e-4)
+    assert torch.allclose(to_pixels(unit[..., 0], 8), torch.tensor([[0.0, 7, 3]] * 2), atol=1e-4)
+    assert torch.allclose(to_pixels(unit[..., 1], 6), torch.tensor([[0.0, 5, 2]] * 2), atol=1e-4)
     flat = soft_argmax(torch.zeros(1, 1, 5, 5))                            # uniform: the centre
     assert torch.allclose(flat, torch.zeros(1, 1, 2), atol=1e-6)
 
@@ -79,9 +81,9 @@ def test_regressor_recovers_landmarks_from_features_that_encode_them():
         images, points = blobs(n, 32, g)
         data[split] = {"images": images, "landmarks": points, "visible": torch.ones(n, 3, dtype=torch.bool)}
         stores[split] = FeatureStore(BlobImages(), images, budget=2**30)
-    scorer = regress.Scorer(args, 3)
-    reg, record = regress.train_regressor(args, stores, data, torch.arange(64), 0, scorer, 3)
-    pred = regress.predict(reg, stores["test"], 32)
+    scorer = Scorer(3, eye_idx=(0, 1), size=32)
+    reg, record = train_regressor(from_flags(RegressorSpec, vars(args)), stores, data, torch.arange(64), 0, scorer, 3)
+    pred = predict(reg, stores["test"], 32)
     err = (pred - data["test"]["landmarks"]).norm(dim=-1)
     floor = (data["test"]["landmarks"] - data["train"]["landmarks"].mean(0)).norm(dim=-1)
     assert err.mean() < 0.5 and floor.mean() > 5                         # pixels at 32 px
@@ -90,25 +92,24 @@ def test_regressor_recovers_landmarks_from_features_that_encode_them():
 
 
 def test_scorer_per_landmark_errors_and_pck():
-    args = parse()
     gt = torch.tensor([[[10.0, 10], [20, 10], [15, 15], [12, 20], [18, 20]]]).repeat(2, 1, 1)
     pred = gt.clone()
     pred[0, 2, 0] += 5                                                    # half an IOD off on the nose
     pred[1, :, 1] += 1                                                    # every point 1 px (10 %) off
     visible = torch.ones(2, 5, dtype=torch.bool)
-    mean, per_point = regress.Scorer(args, 5)(pred, gt, visible)
+    mean, per_point = Scorer(5, size=32)(pred, gt, visible)
     assert mean == pytest.approx((10 + 10) / 2)                           # image 0: 50/5 = 10 %; image 1: 10 %
     assert per_point == pytest.approx([5, 5, 30, 5, 5])
-    args.metric, args.pck_alpha = "pck", 0.1                              # threshold 3.2 px at --crop 32
-    miss, per_point = regress.Scorer(args, 5)(pred, gt, visible)
+    pck = Scorer(5, "pck", size=32, alpha=0.1)                            # threshold 3.2 px at --crop 32
+    miss, per_point = pck(pred, gt, visible)
     assert miss == pytest.approx(10.0) and per_point == pytest.approx([0, 0, 50, 0, 0])
     visible[0, 2] = False                                                 # the miss is not visible: not counted
-    assert regress.Scorer(args, 5)(pred, gt, visible)[0] == pytest.approx(0.0)
+    assert pck(pred, gt, visible)[0] == pytest.approx(0.0)
     with pytest.raises(UserError, match="--eye_idx"):
-        regress.Scorer(parse(), 7)
+        Scorer(7)
 
 
-def test_eval_crops_move_the_landmarks_with_the_pixels():
+def test_eval_crops_move_the_landmarks_with_the_pixels_and_keep_points_outside():
     images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     images[0, :, 40, 24] = 255                                            # a bright pixel at (24, 40)
     landmarks = torch.tensor([[[24.0, 40.0], [2.0, 30.0], [30.0, 63.0]]])     # the last two fall outside the crop
@@ -116,7 +117,11 @@ def test_eval_crops_move_the_landmarks_with_the_pixels():
     y, x = np.unravel_index(crops[0, 0].float().numpy().argmax(), (96, 96))
     assert crops.shape == (1, 3, 96, 96) and crops.dtype == torch.uint8
     assert abs(points[0, 0, 0].item() - x) <= 1 and abs(points[0, 0, 1].item() - y) <= 1
-    assert visible.tolist() == [[True, False, False]]
+    # by hand, (p + 0.5) x 2 - 0.5 - 16: x 2 -> -11.5 (left of the crop), 30 -> 44.5; y 63 -> 110.5 (below it)
+    torch.testing.assert_close(points[0, 1:], torch.tensor([[-11.5, 44.5], [44.5, 110.5]]))
+    assert visible.tolist() == [[True, True, True]]                      # scored like the others, as DVE does
+    same, _, _ = eval_crops(crops, points, visible, resize=96, crop=70)   # already at the size: a crop, no resampling
+    assert torch.equal(same, crops[..., 13:83, 13:83])
 
 
 # -------------------------------------------------------------------------------------------- feature sources
@@ -191,7 +196,7 @@ def test_runs_write_results_predictions_and_a_loadable_regressor(cache_dir, tmp_
                  "--num_train", "4", "100", "--seeds", "2", "--output_dir", str(out))
     results = regress.main(args)
     assert json.loads((out / "args.json").read_text())["effective_lr"] == pytest.approx(1e-3)   # 8e-3 x 32 / 256
-    train = regress.load_eval_split(from_flags(DataSpec, vars(args)), "train", args.resize, args.crop)["images"]
+    train = load_eval_split(from_flags(DataSpec, vars(args)), "train", Protocol("custom", 40, 32))["images"]
     assert len(fitted) == 1 and torch.equal(fitted[0], train)            # PCA fitted on the training images
     assert len(results["runs"]) == 2 * 2 * 2 and {r["num_train"] for r in results["runs"]} == {4, 24}
     rows = {(r["name"], r["num_train"]): r for r in results["summary"]}
@@ -288,8 +293,9 @@ def test_cub_is_scored_by_pck_over_visible_parts(cache_dir, tmp_path):
 def test_test_zoom_out_changes_only_the_test_split(cache_dir, tmp_path):
     """Scale sensitivity (Fig. 9): train and val at the seen zoom-out, test at the unseen one, whose faces are
     smaller (a shorter inter-ocular distance); aligned data has no zoom to change."""
-    seen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32"))
-    unseen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32", "--test_zoom_out", "1.5,2"))
+    at = Protocol("custom", 40, 32)
+    seen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32"), at)
+    unseen = regress.load_data(parse("--variant", "unaligned", "--image_size", "32", "--test_zoom_out", "1.5,2"), at)
     for split in ("train", "val"):
         assert torch.equal(seen[split]["images"], unseen[split]["images"])
     iod = [(d["test"]["landmarks"][:, 0] - d["test"]["landmarks"][:, 1]).norm(dim=-1).mean() for d in (seen, unseen)]

@@ -24,6 +24,7 @@ References: DVE, github.com/jamt9000/DVE, data_loader/data_loaders.py (CelebA, M
 from __future__ import annotations
 
 import csv
+import zlib
 from pathlib import Path
 
 import datasets
@@ -198,10 +199,12 @@ def read_mafl(data_dir, split: str, max_bad_frac: float = 0.01,
 
 # ---------------------------------------------------------------- MTFL (and the AFLW_M test faces)
 
-# MTFL's crop of a face from its 5 points: a square of side MTFL_SIDE x max(inter-ocular distance, eye-centre to
-# mouth-centre distance), centred on the mean of the 5 points. 3.1 is 1 / 0.323, the median of that distance over
-# the side of the 2,995 AFLW test crops, so that the training photos are framed like the test faces.
-MTFL_SIDE = 3.1
+# The crop of a face from its 5 points (MTFL's training photos): the 300-W protocol's framing (box_300w, DVE's crop of
+# the 68 points' box), predicted from the 5. On the 1,207 AFW and HELEN training faces (their 68 points, the 5 taken
+# as eye centres, nose tip 30, mouth corners 48 and 54), box_300w's side is a median 4.22 x max(inter-ocular
+# distance, eye-centre to mouth-centre distance) and its centre 0.08 of that distance below the 5 points' mean
+# (`python experiments/framing.py` prints both). Training labels only: the test faces are never read for it.
+FRAME_SIDE, FRAME_DROP = 4.2, 0.08
 
 
 def _mtfl_records(root: Path, listing: str) -> list[dict]:
@@ -217,12 +220,14 @@ def _mtfl_records(root: Path, listing: str) -> list[dict]:
 
 
 def mtfl_box(landmarks: np.ndarray) -> list[float]:
-    """The MTFL crop (MTFL_SIDE) of 5 points [5, 2] (left eye, right eye, nose, mouth corners) as a box."""
+    """The square crop of a face from its 5 points [5, 2] (left eye, right eye, nose, mouth corners), framed as the
+    300-W protocol frames a face (FRAME_SIDE, FRAME_DROP), as a box of pixel edges."""
     lm = np.asarray(landmarks, dtype=np.float64)
     eyes = np.linalg.norm(lm[0] - lm[1])
     eye_mouth = np.linalg.norm((lm[0] + lm[1]) / 2 - (lm[3] + lm[4]) / 2)
-    half = MTFL_SIDE * max(eyes, eye_mouth) / 2
-    cx, cy = lm.mean(0)
+    size = max(eyes, eye_mouth)
+    half = FRAME_SIDE * size / 2
+    cx, cy = lm.mean(0) + (0, FRAME_DROP * size)
     return [cx - half, cy - half, cx + half, cy + half]
 
 
@@ -235,12 +240,14 @@ def read_mtfl(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
     the same testing.txt: 1-based, we subtract 1. Order: left eye, right eye, nose, left mouth corner, right mouth
     corner; the inter-ocular distance is between the two eye centres (points 0 and 1).
 
-    Crops. Test (the AFLW_M benchmark): DVE's preprocessing, the whole 150x150 AFLW crop as shipped (box = the
-    image), which its evaluation resizes to 136 and centre-crops to 96 (regress.py --resize 136 --crop 96, the
-    default). Training: the photos are framed looser (a face fills 17-24 % of their width, 32 % of a test crop's),
-    so each is cropped by `mtfl_box`: a square of MTFL_SIDE (3.1) x max(inter-ocular distance, eye-to-mouth
-    distance) centred on the mean of the 5 points, zero-padded past the image. The rule is the test crops'
-    framing: on the 2,995 test faces its box is within 10 % of the image's side for 90 % of them.
+    Crops. Test (the AFLW faces of the AFLW_M benchmark): the whole 150x150 crop as shipped (box = the image), as
+    DVE's `AFLW_MTFL` reads it (DVE@2085144 data_loader/data_loaders.py lines 773-782 and 797: the image resized
+    whole, the points scaled by imwidth / 150); common/protocols.py then resizes and centre-crops it. Training: the
+    photos are framed loosely (a face fills 17-24 % of their width), so each is cropped by `mtfl_box`, the 300-W
+    protocol's framing derived from the 5 training points (FRAME_SIDE, FRAME_DROP; zero-padded past the image).
+    No constant here is read off the test faces, which are framed tighter than this rule (their face fills about
+    32 % of the crop, 24 % here): the regression from these training faces to the test faces is a transfer across
+    framings as well as across data sets ("MTFL -> AFLW_M test"; the papers train on 10,122 other AFLW crops).
     identity: -1 (MTFL names no person). Splits: `pretrain` (the 10,000 training photos), `train` (their first
     9,000), `val` (the last 1,000), `test` (2,995).
     """
@@ -401,17 +408,40 @@ def read_300w(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
     return records_to_dataset(records, f"300w[{split}]", max_bad_frac, num_points=68)
 
 
+PTS_SPLITS = ("train", "val", "all", "pretrain")
+
+
+def pts_photo(path: Path) -> str:
+    """The photo a face of a .pts folder comes from: its name without the face number (AFW's and HELEN's
+    `1051618982_2` -> `1051618982`), so that the faces of one photo fall in one split."""
+    stem = path.stem
+    head, sep, tail = stem.rpartition("_")
+    return head if sep and tail.isdigit() else stem
+
+
+def pts_val(photo: str) -> bool:
+    """The fixed validation rule of a .pts folder: a photo is a validation photo when the CRC-32 of its name is 0
+    modulo 10 (about a tenth; independent of the folder's order and of what else it holds)."""
+    return zlib.crc32(photo.encode()) % 10 == 0
+
+
 def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.01) -> datasets.Dataset:
     """A folder of face images, each with its 68-point `.pts` beside it (300-W markup: `version: 1`,
-    `n_points:  68`, `{`, 68 `x y` lines, `}`; 1-based, we subtract 1): AFW as 300-W ships it, or a user's own.
+    `n_points:  68`, `{`, 68 `x y` lines, `}`; 1-based, we subtract 1): AFW or HELEN as 300-W ships them, or a
+    user's own; a folder of such folders is read whole (e.g. afw/ and helen_train/ together).
 
     Reads every `.pts` below data_dir, recursively, in sorted path order, and the image of the same name beside it
     (any extension of IMAGE_EXTS; a .pts without one counts as a bad image). Box: the 300-W protocol's crop
-    (`box_300w`, DVE's) of the 68 points' bounding box, which is what 300-W's `bb_ground_truth` boxes are. The
-    eye points are the outer eye corners 36 and 45. identity: -1 (no person is named). One set: `split` is
-    ignored, as for an image folder (every split is the whole folder: use it to evaluate or to pretrain, not to
-    fit a regressor on its own test faces). No .pts: UserError.
+    (`box_300w`, DVE's `ThreeHundredW` crop of `bb_ground_truth`, DVE@2085144 data_loader/data_loaders.py lines
+    889-927) of the 68 points' bounding box, which is what 300-W's `bb_ground_truth` boxes are. The eye points are
+    the outer eye corners 36 and 45 (0-based; 37 and 46 one-based, as 300-W and DVE define its inter-ocular
+    distance). identity: -1 (no person is named). Splits (300-W's test faces are not part of such a folder):
+    `train` and `val` by photo (`pts_val`: the faces of about a tenth of the photos are `val`), `all` (and
+    `pretrain`) every face, for matching and pretraining; `test` is a UserError that says so. No .pts: UserError.
     """
+    if split is not None and split not in PTS_SPLITS:
+        raise UserError(f"ptsfolder: no {split!r} split (valid: {', '.join(PTS_SPLITS)}: its faces are split by photo "
+                        "into train and val; `all` is every face)")
     root = require(data_dir, "a folder of images with a .pts beside each")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (expected images with a .pts beside each)")
@@ -419,6 +449,8 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
                          and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not annotations:
         raise UserError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
+    if split in ("train", "val"):
+        annotations = [p for p in annotations if pts_val(pts_photo(p)) == (split == "val")]
     records = []
     for pts_path in annotations:
         pts = _read_pts(pts_path) + 1                                   # 1-based, as 300-W's boxes are
@@ -426,7 +458,7 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
                       if q.is_file()), pts_path.with_suffix(".jpg"))    # none: reported as a missing file
         box = box_300w([*pts.min(0), *pts.max(0)])
         records.append({"image": image, "landmarks": pts - 1, "box": box})
-    return records_to_dataset(records, f"ptsfolder[{root}]", max_bad_frac, num_points=68)
+    return records_to_dataset(records, f"ptsfolder[{root}, {split or 'all'}]", max_bad_frac, num_points=68)
 
 
 # ---------------------------------------------------------------- CUB

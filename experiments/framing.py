@@ -1,0 +1,85 @@
+"""Where the framing constants of the real-face crops come from, from training labels only (never a test split).
+
+    python experiments/framing.py --data ../shared/data
+
+1. FRAME_SIDE, FRAME_DROP (common/data/readers.py): the 300-W protocol's crop (box_300w, DVE's crop of the 68
+   points' box) of the AFW and HELEN training faces, measured against their 5 points (eye centres = the mean of each
+   eye's six contour points, nose tip 30, mouth corners 48 and 54): its side over max(inter-ocular, eye-centre to
+   mouth-centre distance), and how far its centre lies below the 5 points' mean, in that distance. MTFL's training
+   photos, which have only 5 points, are cropped with these, so that they are framed as 300-W frames a face.
+2. FACE_SCALE, FACE_SHIFT (common/detect.py): that crop of every 20th MTFL training photo against the box OpenCV's
+   frontal-face detector finds in it: its side over the detector's, and its centre's drop in the detector's sides.
+Prints medians and quartiles.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.data.readers import _mtfl_records, _read_pts, box_300w, mtfl_box  # noqa: E402
+
+
+def five_of_68(pts: np.ndarray) -> np.ndarray:
+    """The 5 MTFL points of a 68-point face (300-W order): eye centres, nose tip, mouth corners."""
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+def w300_framing(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Per face: box_300w's side and its centre's drop below the 5 points' mean, in max(IOD, eye-to-mouth)."""
+    side, drop = [], []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.pts")):
+            pts = _read_pts(path)
+            five = five_of_68(pts)
+            size = max(np.linalg.norm(five[0] - five[1]),
+                       np.linalg.norm(five[:2].mean(0) - five[3:].mean(0)))
+            box = np.array(box_300w([*(pts + 1).min(0), *(pts + 1).max(0)]))       # 1-based, as 300-W's boxes
+            side.append((box[2] - box[0]) / size)
+            drop.append(((box[1] + box[3]) / 2 - five[:, 1].mean()) / size)
+    return np.array(side), np.array(drop)
+
+
+def detector_framing(mtfl: Path, every: int = 20) -> tuple[np.ndarray, np.ndarray, int]:
+    """mtfl_box against the detector's face on every `every`-th MTFL training photo: scale, shift, misses."""
+    from common.detect import largest_face
+    from common.imageio import open_rgb
+    scale, shift, missed = [], [], 0
+    for rec in _mtfl_records(mtfl, "training.txt")[::every]:
+        face = largest_face(open_rgb(rec["image"]))
+        if face is None:
+            missed += 1
+            continue
+        cx, cy, side = face
+        x0, y0, x1, y1 = mtfl_box(rec["landmarks"])
+        scale.append((x1 - x0) / side)
+        shift.append(((y0 + y1) / 2 - cy) / side)
+    return np.array(scale), np.array(shift), missed
+
+
+def quartiles(x: np.ndarray) -> str:
+    q1, q2, q3 = np.percentile(x, [25, 50, 75])
+    return f"median {q2:.3f} (quartiles {q1:.3f}-{q3:.3f})"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data", help="holds afw/, helen_train/ and mtfl/")
+    args = parser.parse_args(argv)
+    root = Path(args.data)
+    folders = [root / f for f in ("afw", "helen_train") if (root / f).is_dir()]
+    side, drop = w300_framing(folders)
+    print(f"300-W framing of {len(side)} faces ({', '.join(f.name for f in folders)}), in max(IOD, eye-to-mouth):")
+    print(f"  side {quartiles(side)}; centre below the 5 points' mean {quartiles(drop)}")
+    if (root / "mtfl" / "training.txt").is_file():
+        scale, shift, missed = detector_framing(root / "mtfl")
+        print(f"mtfl_box against OpenCV's face on {len(scale) + missed} MTFL training photos ({missed} missed):")
+        print(f"  side / detector side {quartiles(scale)}; centre below the detector's {quartiles(shift)} sides")
+
+
+if __name__ == "__main__":
+    main()
