@@ -105,6 +105,8 @@ class TrainedStore:
     """The features of a network that trains with the regressor (end to end, the supervised ceiling): computed per
     batch, with gradients; the stores of the splits it is scored on are FeatureStores without a cache."""
 
+    kind, nbytes = None, 0                                       # nothing cached (FeatureStore's fields)
+
     def __init__(self, source: nn.Module, images: torch.Tensor, batch: int = 32):
         self.source, self.images, self.batch = source, images, batch
         self.device = next(source.parameters()).device
