@@ -33,6 +33,7 @@ class FeatureSource(nn.Module):
     def __init__(self, name: str, dim: int, input_size: int = 96):
         super().__init__()
         self.name, self.dim, self.input_size = name, dim, input_size      # the side the model was trained at
+        self.groups = (dim,)          # channels normalised together (a hypercolumn: each layer's), for matching
 
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -57,6 +58,8 @@ class Hypercolumn(FeatureSource):
     def __init__(self, encoder: ResNetEncoder, name: str):
         super().__init__(name, encoder.hypercolumn_dim, encoder.input_size)
         self.encoder = encoder.eval().requires_grad_(False)
+        if encoder.normalize_layers:
+            self.groups = tuple(encoder.channels)
 
     def parts(self, x):
         return self.encoder.layers(x)

@@ -69,11 +69,13 @@ def _taps(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: torch.Tensor,
-          image_size, chunk: int = 256, query_size=None) -> tuple[torch.Tensor, torch.Tensor]:
+          image_size, chunk: int = 256, query_size=None, groups: tuple[int, ...] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry reference points to the query: the descriptor at each reference point, cosine similarity
     with the query's feature map upsampled (bilinearly) to the input resolution, arg-max.
     Returns query points [N, P, 2] and their cosine scores [N, P]. image_size is the reference image's side
-    or (height, width); query_size the query's (default: the same).
+    or (height, width); query_size the query's (default: the same). `groups` (channel counts summing to C) makes
+    the similarity the sum of each group's cosine (ContrastLandmark's layer-wise normalisation of a hypercolumn).
 
     The upsampled map is never built: each upsampled vector is a bilinear mix of (at most) four neighbouring
     cells, so its dot products with the descriptors are the upsampled low-resolution dot products, and its
@@ -81,23 +83,26 @@ def match(ref_features: torch.Tensor, query_features: torch.Tensor, ref_points: 
     work than upsampling every channel. Channels are taken `chunk` at a time to bound the memory."""
     n, c, h, w = query_features.shape
     qh, qw = _hw(query_size or image_size)
-    desc = F.normalize(sample_at(ref_features.float(), ref_points, image_size), dim=-1)   # [N, P, C]
-    dots = desc.new_zeros(n, ref_points.shape[1], h, w)
-    grams = desc.new_zeros(n, 10, h, w)                  # <corner k, corner l> for k <= l, at each top-left cell
-    pairs = [(k, m) for k in range(4) for m in range(k, 4)]
-    for a in range(0, c, chunk):
-        part = query_features[:, a:a + chunk].float()
-        dots += torch.einsum("nchw,npc->nphw", part, desc[..., a:a + chunk])
-        pad = F.pad(part, (0, 1, 0, 1), mode="replicate")                 # the clamped neighbours at the edges
-        corners = [pad[..., :h, :w], pad[..., :h, 1:], pad[..., 1:, :w], pad[..., 1:, 1:]]   # 00, 01, 10, 11
-        grams += torch.stack([(corners[k] * corners[m]).sum(1) for k, m in pairs], 1)
-    (iy, ty), (ix, tx) = _taps(h, qh, dots.device), _taps(w, qw, dots.device)
+    (iy, ty), (ix, tx) = _taps(h, qh, query_features.device), _taps(w, qw, query_features.device)
     wy, wx = torch.stack([1 - ty, ty]), torch.stack([1 - tx, tx])                          # [2, qh], [2, qw]
     weight = rearrange(wy[:, None, :, None] * wx[None, :, None, :], "a b y x -> (a b) y x")  # [4, qh, qw]
+    pairs = [(k, m) for k in range(4) for m in range(k, 4)]
     pair_w = torch.stack([weight[k] * weight[m] * (1 if k == m else 2) for k, m in pairs])  # [10, qh, qw]
-    norm2 = (grams[:, :, iy][..., ix] * pair_w).sum(1)                                     # [N, qh, qw]
-    up = F.interpolate(dots, size=(qh, qw), mode="bilinear", align_corners=False)          # [N, P, qh, qw]
-    sim = rearrange(up / norm2.clamp_min(0).sqrt().clamp(min=1e-8)[:, None], "n p h w -> n p (h w)")
-    score, idx = sim.max(-1)
+    sim, start = 0, 0
+    for size in groups or (c,):
+        desc = F.normalize(sample_at(ref_features[:, start:start + size].float(), ref_points, image_size), dim=-1)
+        dots = desc.new_zeros(n, ref_points.shape[1], h, w)
+        grams = desc.new_zeros(n, 10, h, w)              # <corner k, corner l> for k <= l, at each top-left cell
+        for a in range(0, size, chunk):
+            part = query_features[:, start + a:start + min(a + chunk, size)].float()
+            dots += torch.einsum("nchw,npc->nphw", part, desc[..., a:a + chunk])
+            pad = F.pad(part, (0, 1, 0, 1), mode="replicate")             # the clamped neighbours at the edges
+            corners = [pad[..., :h, :w], pad[..., :h, 1:], pad[..., 1:, :w], pad[..., 1:, 1:]]   # 00, 01, 10, 11
+            grams += torch.stack([(corners[k] * corners[m]).sum(1) for k, m in pairs], 1)
+        norm2 = (grams[:, :, iy][..., ix] * pair_w).sum(1)                                 # [N, qh, qw]
+        up = F.interpolate(dots, size=(qh, qw), mode="bilinear", align_corners=False)      # [N, P, qh, qw]
+        sim = sim + up / norm2.clamp_min(0).sqrt().clamp(min=1e-8)[:, None]
+        start += size
+    score, idx = rearrange(sim, "n p h w -> n p (h w)").max(-1)
     pts = torch.stack([idx % qw, idx // qw], -1).float()
     return pts, score

@@ -154,8 +154,9 @@ MATCH_COLUMNS = {
     "diff_iod_median": ("different id. median % IOD", ".1f"),
     "diff_miss": ("different id. > 1 IOD", lambda share: f"{100 * share:.0f} %"),
     "photo_px": ("astronaut px", ".2f"),
+    "same_px70": ("same id. px at 70", ".2f"), "diff_px70": ("different id. px at 70", ".2f"),   # DVE's protocol
 }
-FLOORED = ("same_px", "same_iod", "diff_px", "diff_iod", "photo_px")      # the figures that have a floor
+FLOORED = ("same_px", "same_iod", "diff_px", "diff_iod", "photo_px", "same_px70", "diff_px70")   # have a floor
 
 
 def floor_of(result: dict) -> dict:
@@ -172,7 +173,7 @@ def matching_table(rows, columns, label: str = "features") -> list[str]:
     rows = list(rows)
     lines = [_line([label, *(header for _, header, _ in cols)]), _line(["---"] * (len(cols) + 1))]
     lines += [_line([name, *(_cell(result.get(k), fmt, "–") for k, _, fmt in cols)]) for name, result in rows]
-    first = next((result for _, result in rows if "same_floor_iod" in result), None)
+    first = next((result for _, result in rows if any(floor_of(result)[k] is not None for k in FLOORED)), None)
     if first is not None:
         floor = floor_of(first)
         lines.append(_line(["points left in place", *(_cell(floor.get(k), fmt, "") for k, _, fmt in cols)]))

@@ -291,3 +291,16 @@ def test_match_equals_the_upsampled_cosine(query_hw):
     # the chosen pixel is the best one, or within rounding of it
     at = sim.gather(-1, (got[..., 1] * query_hw[1] + got[..., 0]).long()[..., None])[..., 0]
     torch.testing.assert_close(at, sim.max(-1).values, atol=1e-5, rtol=0)
+
+
+def test_match_by_groups_sums_each_groups_upsampled_cosine():
+    """groups: ContrastLandmark's layer-wise normalisation, each group upsampled, normalised and compared on its own,
+    the cosines summed; the reference builds the upsampled maps."""
+    ref = torch.randn(2, 12, 9, 9, generator=gen(15))
+    query = torch.randn(2, 12, 9, 9, generator=gen(16)) + 0.5 * ref
+    pts = torch.rand(2, 7, 2, generator=gen(17)) * 35
+    sim = sum(upsampled_cosine(ref[:, a:b], query[:, a:b], pts, (36, 36), (36, 36)) for a, b in ((0, 4), (4, 12)))
+    got, score = match(ref, query, pts, 36, chunk=3, groups=(4, 8))
+    torch.testing.assert_close(score, sim.max(-1).values, atol=1e-5, rtol=0)
+    at = sim.gather(-1, (got[..., 1] * 36 + got[..., 0]).long()[..., None])[..., 0]
+    torch.testing.assert_close(at, sim.max(-1).values, atol=1e-5, rtol=0)
