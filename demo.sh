@@ -3,10 +3,12 @@
 #   synthetic data -> stage 1 (byol_pretrain.py) -> stage 2 (dense_distill.py) -> regression, aligned and
 #   unaligned (regress.py) -> few-shot curve -> matching benchmark and one picture (match.py) -> report.md
 # or, with --real DIR, on real photographs (DIR holds MTFL as shipped in mtfl/ and, when present, CelebA at any
-# resolution in celeba_half/ and AFW with its 68-point .pts in afw/):
+# resolution in celeba_half/, AFW and HELEN's training faces with their 68-point .pts in afw/ and helen_train/):
 #   stage 1 + 2 on the unlabelled MTFL training photos (+ celeba_half) -> regression on MTFL's training faces,
-#   tested on its 2,995 AFLW faces (AFLW_M), and the few-shot curve -> matching on AFLW (5 points) and AFW
-#   (68 points) -> report.md with the floors and the paper's AFLW_M row
+#   tested on its 2,995 AFLW faces ("MTFL -> AFLW_M test", DVE's crop), with the supervised ceiling, and the
+#   few-shot curve -> the 68-point regressor (AFW + HELEN, scored on their validation photos) -> matching on AFLW
+#   by this repository's protocol and by DVE's, and on AFW (68 points) -> report.md with the floors and the
+#   paper's rows
 #
 #   bash demo.sh                 # installs into .venv (once), then the demo: runs/demo/report.md (~15 min on 2 cores)
 #   bash demo.sh --quick         # the same steps with tiny sizes (~2 min): what CI runs
@@ -61,15 +63,17 @@ if [ "$QUICK" = 1 ]; then
     REG=(--resize 44 --crop 32 --epochs 1 --min_steps 10 --eval_every 5 --intermediate 4 --fit_rows 1024)
     FEW=(--num_train 5 20 --seeds 2)
     MATCH=(--pairs 16 --size 32 --fit_rows 1024)
+    DVE_MATCH=(--protocol dve --pairs 4)
     if [ -n "$REAL" ]; then OUT=${DEMO_OUT:-runs/demo_real_quick}; DATA=(--image_size 48 --num_images 48); fi
 elif [ -n "$REAL" ]; then
     OUT=${DEMO_OUT:-runs/demo_real}
     DATA=(--image_size 128)
     S1=(--crop_size 64 --batch_size 64 --lr 4e-3 --max_steps 500 --checkpoint_every 100 --proj_hidden 512)
     S2=(--crop_size 64 --batch_size 32 --max_steps 1000 --checkpoint_every 200)
-    REG=(--resize 90 --crop 64 --epochs 2 --min_steps 300 --eval_every 100)
+    REG=(--protocol dve --epochs 2 --min_steps 300 --eval_every 100)
     FEW=(--num_train 5 20 100 --seeds 2)
     MATCH=(--pairs 300 --size 64)
+    DVE_MATCH=(--protocol dve)
 else
     OUT=${DEMO_OUT:-runs/demo}
     DATA=(--dataset synthetic)
@@ -111,14 +115,24 @@ if [ -n "$REAL" ]; then
     run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${PRE[@]}" "${DATA[@]}" "${S1[@]}"
     run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${PRE[@]}" "${DATA[@]}" "${S2[@]}" \
         --init_from "$OUT/byol/final"
-    # regression on MTFL's training faces, tested on the 2,995 AFLW faces; the untrained network beside
+    # regression on MTFL's training faces, tested on the 2,995 AFLW faces ("MTFL -> AFLW_M test"), DVE's crop: the
+    # untrained network and the supervised ceiling (the stage-2 network from scratch, trained end to end) beside
     run_stage regress results.json "${LAUNCH[@]}" regress.py "${MTFL[@]}" "${DATA[@]}" "${REG[@]}" \
-        --features_from "$OUT/distill/final" "$OUT/byol/final" random-resnet18
+        --features_from "$OUT/distill/final" "$OUT/byol/final" random-resnet18 "supervised:$OUT/distill/final"
     run_stage fewshot results.json "${LAUNCH[@]}" regress.py "${MTFL[@]}" "${DATA[@]}" "${REG[@]}" "${FEW[@]}" \
         --features_from "$OUT/distill/final"
+    # the 68-point model: AFW and HELEN's training faces (every .pts below DIR), split by photo, scored on val
+    if compgen -G "$REAL/afw/*.pts" > /dev/null || compgen -G "$REAL/helen_train/*.pts" > /dev/null; then
+        run_stage regress68 results.json "${LAUNCH[@]}" regress.py --dataset ptsfolder --data_dir "$REAL" \
+            --score_split val "${DATA[@]}" "${REG[@]}" --features_from "$OUT/distill/final" "$OUT/byol/final" \
+            random-resnet18 "supervised:$OUT/distill/final"
+    fi
+    # matching on the AFLW test faces: this repository's protocol (% IOD) and DVE's (px of 70 x 70, Table 1's)
     MODELS=(--model "$OUT/distill/final" "$OUT/byol/final" random-resnet18)
     run_stage match_aflw matching.json "${LAUNCH[@]}" match.py --benchmark "${MTFL[@]}" "${DATA[@]}" "${MATCH[@]}" \
         "${MODELS[@]}"
+    run_stage match_aflw_dve matching.json "${LAUNCH[@]}" match.py --benchmark "${MTFL[@]}" "${DATA[@]}" \
+        "${DVE_MATCH[@]}" "${MODELS[@]}"
     PICTURE=("${MTFL[@]}") PAIR=(--ref test:0 --query test:7)
     if [ -d "$REAL/afw" ]; then
         AFW=(--dataset ptsfolder --data_dir "$REAL/afw")

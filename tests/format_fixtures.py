@@ -201,15 +201,16 @@ def write_mtfl(root: Path, n_train: int = 10):
     write_text(root / "readme.txt", "Multi-Task Facial Landmark (MTFL) dataset v1.0\n")
 
 
-# A .pts folder as AFW ships with the 300-W markup: face k (0..3) of photo `1000_{k}` has 1-based points
+# A .pts folder as AFW ships with the 300-W markup: face k (0..3) of photo `1000_{k}` (or another photo's) has
+# 1-based points
 # x_i = 30 + i / 2 + k, y_i = 40 + (i % 17) * 2 (i = 0..67); images 160x140, face 2 a .png; a stray .txt beside.
 def pts_folder_points(k: int) -> list[tuple[float, float]]:
     return [(30 + i / 2 + k, 40 + (i % 17) * 2) for i in range(68)]
 
 
-def write_pts_folder(root: Path, count: int = 4):
+def write_pts_folder(root: Path, count: int = 4, photo: str = "1000"):
     for k in range(count):
-        image = root / f"1000_{k + 1}{'.png' if k == 2 else '.jpg'}"
+        image = root / f"{photo}_{k + 1}{'.png' if k == 2 else '.jpg'}"
         solid(image, (160, 140), (30, 40 * k, 90))
         write_text(image.with_suffix(".pts"), pts_text(pts_folder_points(k)))
     write_text(root / "notes.txt", "not an annotation\n")

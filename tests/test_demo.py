@@ -80,8 +80,10 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     data = tmp_path / "data"
     write_mtfl(data / "mtfl", n_train=60)
     write_pts_folder(data / "afw", count=10)
+    write_pts_folder(data / "helen_train", count=4, photo="1004")         # a validation photo (tests/test_real_formats)
     rng = np.random.default_rng(0)
-    for path in [*(data / "mtfl").rglob("*.jpg"), *(data / "afw").rglob("*.jpg"), *(data / "afw").rglob("*.png")]:
+    for path in [p for sub in ("mtfl", "afw", "helen_train") for ext in ("jpg", "png") for p in (data / sub).rglob(
+            f"*.{ext}")]:
         size = Image.open(path).size
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
     (data / "celeba_half").mkdir()
@@ -93,13 +95,18 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
-    for section in ("## Goals", "## Landmark regression (on AFLW_M", "## Few labels (AFLW test faces)",
-                    "AFLW (MTFL test faces, 5 points)", "AFW (68 points)", "## A matching picture", "## Wall time"):
+    for section in ("## Goals", "## Landmark regression (MTFL -> AFLW_M test", "## Landmark regression (68 points",
+                    "## Few labels (MTFL -> AFLW_M test)", "## Matching by DVE's protocol", "AFLW test faces (5 points)",
+                    "AFW (68 points)", "## A matching picture", "## Wall time"):
         assert section in report, section
     assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report
+    assert "LEAD 4.66, ContrastLandmark 5.22, DVE 4.65" in report and "| supervised-resnet18 |" in report
+    assert "LEAD-64 0.51 / 2.6" in report
+    config = json.loads((out / "regress68" / "final" / "config.json").read_text())
+    assert config["num_points"] == 68 and config["stage"] == "regressor" and config["dataset"] == "ptsfolder"
     assert "Trained: stage 1 resnet18, 4 steps of 16 images at 32 px (fp32); stage 2 4 steps of 16 images" in report
     goals = report.split("## Goals")[1].split("##")[0]
-    assert goals.count("- holds: ") + goals.count("- DOES NOT HOLD: ") == 5
+    assert goals.count("- holds: ") + goals.count("- DOES NOT HOLD: ") == 6
     assert not re.search(r"\b(nan|inf)\b", report, re.I) and (out / "match.png").stat().st_size > 1000
     args = json.loads((out / "byol" / "args.json").read_text())
     assert args["dataset"] == "mtfl" and args["add_data"] == [f"imagefolder:{data / 'celeba_half'}"]

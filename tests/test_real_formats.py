@@ -100,10 +100,7 @@ def test_pts_folder_splits_by_photo_into_train_and_val(tmp_path):
     modulo 10: 1004 -> 3007997710, 1010 -> 2906427990, worked out once), 1000 and 1001 training ones; a folder of
     folders (afw/, helen_train/) is read whole; `test` is no split of such a folder."""
     for sub, photo, faces in (("afw", "1000", 2), ("afw", "1004", 2), ("helen", "1001", 1), ("helen", "1010", 1)):
-        write_pts_folder(tmp_path / sub / photo, faces)
-        for k in range(faces):                                   # 1000_1.jpg -> PHOTO_1.jpg
-            for f in (tmp_path / sub / photo).glob(f"1000_{k + 1}.*"):
-                f.rename(tmp_path / sub / f"{photo}_{k + 1}{f.suffix}")
+        write_pts_folder(tmp_path / sub, faces, photo)
     val, train = read_ptsfolder(tmp_path, "val"), read_ptsfolder(tmp_path, "train")
     assert sorted(name(val, i) for i in range(len(val))) == ["1004_1.jpg", "1004_2.jpg", "1010_1.jpg"]
     assert sorted(name(train, i) for i in range(len(train))) == ["1000_1.jpg", "1000_2.jpg", "1001_1.jpg"]
