@@ -1,8 +1,9 @@
 """The matching probe: does a dense feature put a face's points where they belong?
 
-Two protocols (DVE, ContrastLandmark, LEAD Table 1) on labelled images of a tensor cache:
-  same identity  an image against a random TPS warp of itself; the truth is the warp;
-  different id.  the landmarks of image A carried to image B of another identity, against B's own.
+This repository's protocol (match.py --benchmark --protocol ours; DVE's own is common/dve_matching.py), the
+same two kinds of pair as DVE's, ContrastLandmark's and LEAD's Table 1, on labelled images of a tensor cache:
+  same identity  an image against a random TPS warp of itself (several times DVE's warps); the truth is the warp;
+  different id.  the landmarks of image A carried to a random image B of another identity, against B's own.
 Errors are in pixels at the probe size and in % of the inter-ocular distance, next to the floor of
 leaving every point where it is. matching_table writes them as markdown wherever a table of them is shown
 (match.py --benchmark's log, the model cards, demo.sh's report.md, ABLATIONS.md).
