@@ -46,11 +46,16 @@ def test_mtfl_splits_points_and_boxes(tmp_path):
     assert name(test, 0) == "0001-image20056.jpg"
     # test: DVE's preprocessing takes the whole 150x150 AFLW crop
     assert test[1]["box"] == [-0.5, -0.5, 149.5, 149.5]
-    # training face t: side 4.2 x max(20 inter-ocular, 30 eye-to-mouth) = 126, centred 0.08 x 30 = 2.4 below the
-    # points' mean (0-based: x = 49 + t, y = (49 + 49 + 64 + 79 + 79) / 5 = 64)
-    t = 1
-    expected = [49 + t - 63, 66.4 - 63, 49 + t + 63, 66.4 + 63]
-    np.testing.assert_allclose(train[t]["box"], expected, atol=1e-4)
+    # training face t: side 4.2 x max(20 inter-ocular, 30 eye-to-mouth) = 126 times its photo's factor in
+    # [0.75, 1.25], centred 0.08 x 30 = 2.4 below the points' mean (0-based: x = 49 + t, y = (49 + 49 + 64 + 79 + 79)
+    # / 5 = 64); the same factors on every read
+    boxes = np.array([read_mtfl(tmp_path, "pretrain")[t]["box"] for t in range(10)])
+    np.testing.assert_allclose((boxes[:, :2] + boxes[:, 2:]) / 2, [[49 + t, 66.4] for t in range(10)], atol=1e-4)
+    sides = (boxes[:, 2:] - boxes[:, :2]) / 126
+    np.testing.assert_allclose(sides[:, 0], sides[:, 1])
+    assert (0.75 <= sides).all() and (sides <= 1.25).all() and sides.std() > 0.05
+    np.testing.assert_allclose(train[1]["box"], boxes[1], atol=1e-6)
+    np.testing.assert_allclose(val[0]["box"], boxes[9], atol=1e-6)
     assert (FRAME_SIDE, FRAME_DROP) == (4.2, 0.08)
     # the eye-to-mouth distance decides for a profile face, the eyes for a wide one (50: side 210, 4 px lower)
     wide = np.array([[0, 0], [50, 0], [25, 5], [15, 10], [35, 10]], float)

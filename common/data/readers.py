@@ -205,6 +205,12 @@ def read_mafl(data_dir, split: str, max_bad_frac: float = 0.01,
 # distance, eye-centre to mouth-centre distance) and its centre 0.08 of that distance below the 5 points' mean
 # (`python experiments/framing.py` prints both). Training labels only: the test faces are never read for it.
 FRAME_SIDE, FRAME_DROP = 4.2, 0.08
+# Each training photo's crop side is the rule's times a factor drawn once per photo from U(1 - FRAME_JITTER,
+# 1 + FRAME_JITTER), the scale augmentation of HRNet's face alignment (HRNet/HRNet-Facial-Landmark-Detection@3c9f92a,
+# lib/datasets/face300w.py, Face300W.__getitem__: `scale * random.uniform(1 - scale_factor, 1 + scale_factor)`;
+# SCALE_FACTOR 0.25 in experiments/300w/face_alignment_300w_hrnet_w18.yaml): a regressor trained on these faces
+# meets faces framed other than by the rule (the test faces' own framing, a face detector's box) as a training face.
+FRAME_JITTER = 0.25
 
 
 def _mtfl_records(root: Path, listing: str) -> list[dict]:
@@ -219,14 +225,14 @@ def _mtfl_records(root: Path, listing: str) -> list[dict]:
     return records
 
 
-def mtfl_box(landmarks: np.ndarray) -> list[float]:
+def mtfl_box(landmarks: np.ndarray, scale: float = 1.0) -> list[float]:
     """The square crop of a face from its 5 points [5, 2] (left eye, right eye, nose, mouth corners), framed as the
-    300-W protocol frames a face (FRAME_SIDE, FRAME_DROP), as a box of pixel edges."""
+    300-W protocol frames a face (FRAME_SIDE, FRAME_DROP), its side times `scale`, as a box of pixel edges."""
     lm = np.asarray(landmarks, dtype=np.float64)
     eyes = np.linalg.norm(lm[0] - lm[1])
     eye_mouth = np.linalg.norm((lm[0] + lm[1]) / 2 - (lm[3] + lm[4]) / 2)
     size = max(eyes, eye_mouth)
-    half = FRAME_SIDE * size / 2
+    half = scale * FRAME_SIDE * size / 2
     cx, cy = lm.mean(0) + (0, FRAME_DROP * size)
     return [cx - half, cy - half, cx + half, cy + half]
 
@@ -244,7 +250,9 @@ def read_mtfl(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
     DVE's `AFLW_MTFL` reads it (DVE@2085144 data_loader/data_loaders.py lines 773-782 and 797: the image resized
     whole, the points scaled by imwidth / 150); common/protocols.py then resizes and centre-crops it. Training: the
     photos are framed loosely (a face fills 17-24 % of their width), so each is cropped by `mtfl_box`, the 300-W
-    protocol's framing derived from the 5 training points (FRAME_SIDE, FRAME_DROP; zero-padded past the image).
+    protocol's framing derived from the 5 training points (FRAME_SIDE, FRAME_DROP; zero-padded past the image), its
+    side scaled by a factor drawn once per photo (FRAME_JITTER: U(0.75, 1.25), HRNet's scale augmentation; seed 0,
+    in the file's line order, so the same photo always gets the same crop).
     No constant here is read off the test faces, which are framed tighter than this rule (their face fills about
     32 % of the crop, 24 % here): the regression from these training faces to the test faces is a transfer across
     framings as well as across data sets ("MTFL -> AFLW_M test"; the papers train on 10,122 other AFLW crops).
@@ -257,8 +265,9 @@ def read_mtfl(data_dir, split: str, max_bad_frac: float = 0.01) -> datasets.Data
         records = _mtfl_records(root, "testing.txt")
     else:
         records = _mtfl_records(root, "training.txt")
-        for rec in records:
-            rec["box"] = mtfl_box(rec["landmarks"])
+        jitter = np.random.default_rng(0).uniform(1 - FRAME_JITTER, 1 + FRAME_JITTER, len(records))   # line order
+        for rec, scale in zip(records, jitter):
+            rec["box"] = mtfl_box(rec["landmarks"], scale)
         val = _val_tail(records)                  # the issue's split: train and val apart (9,000 / 1,000)
         records = {"pretrain": records, "train": records[:len(records) - len(val)], "val": val}[split]
     return records_to_dataset(records, f"mtfl[{split}]", max_bad_frac, num_points=5)
