@@ -41,7 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-CACHE_VERSION = 2  # bump when a reader or the cache's crop/resize changes: it is part of the key
+CACHE_VERSION = 3  # bump when a reader or the cache's crop/resize changes: it is part of the key
 
 
 @dataclass(frozen=True)
