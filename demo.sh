@@ -121,9 +121,10 @@ if [ -n "$REAL" ]; then
         --features_from "$OUT/distill/final" "$OUT/byol/final" random-resnet18 "supervised:$OUT/distill/final"
     run_stage fewshot results.json "${LAUNCH[@]}" regress.py "${MTFL[@]}" "${DATA[@]}" "${REG[@]}" "${FEW[@]}" \
         --features_from "$OUT/distill/final"
-    # the 68-point model: AFW and HELEN's training faces (every .pts below DIR), split by photo, scored on val
-    if compgen -G "$REAL/afw/*.pts" > /dev/null || compgen -G "$REAL/helen_train/*.pts" > /dev/null; then
-        run_stage regress68 results.json "${LAUNCH[@]}" regress.py --dataset ptsfolder --data_dir "$REAL" \
+    # the 68-point model: AFW and HELEN's training faces (afw/ and helen_train/), split by photo, scored on val
+    FACES68=$(for d in afw helen_train; do [ -d "$REAL/$d" ] && printf '%s:' "$REAL/$d"; done; true)
+    if [ -n "$FACES68" ]; then
+        run_stage regress68 results.json "${LAUNCH[@]}" regress.py --dataset ptsfolder --data_dir "${FACES68%:}" \
             --score_split val "${DATA[@]}" "${REG[@]}" --features_from "$OUT/distill/final" "$OUT/byol/final" \
             random-resnet18 "supervised:$OUT/distill/final"
     fi

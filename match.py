@@ -29,7 +29,8 @@ logger = logging.getLogger("lead")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from common.cli import HelpWithDefaults, data_args  # light: the data layer loads `datasets` only when used
+    from common.cli import HelpWithDefaults, at_least, data_args  # light: `datasets` loads only when data is read
+    from common.protocols import PROTOCOLS
     parser = argparse.ArgumentParser("Point matching between images with dense features", parents=[data_args()],
                                      formatter_class=HelpWithDefaults)
     parser.add_argument("--model", nargs="+", default=None,
@@ -54,12 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "largest face (common/detect.py), framed as the training faces, and matched at the model's size")
     g = parser.add_argument_group("Benchmark")
     g.add_argument("--benchmark", action="store_true", help="run the matching benchmark instead")
-    g.add_argument("--protocol", default="ours", choices=("ours", "dve", "cl"),
+    g.add_argument("--protocol", default="ours", choices=("ours", *sorted(PROTOCOLS)),
                    help="ours: random pairs, the query alone warped (strongly), errors in % IOD and px at --size; "
                         "dve: DVE's test_matching.py exactly (consecutive pairs, both images mildly warped, arg-max on "
                         "the feature grid, px of a 70 x 70 frame: the paper's Table 1); cl: ContrastLandmark's reading "
                         "of it (96 px, features upsampled and normalised; common/dve_matching.py)")
-    g.add_argument("--pairs", type=int, default=None,
+    g.add_argument("--pairs", type=at_least(1), default=None,
                    help="pairs of each kind (same / different identity); default 500 (ours), all (dve, cl)")
     g.add_argument("--split", default="test", help="data split of the benchmark")
     g.add_argument("--output_dir", default="runs/matching", help="where matching.json goes")
@@ -277,9 +278,11 @@ def benchmark(args) -> dict:
     if protocol and args.size:
         fail(f"--size {args.size} with --protocol {args.protocol}: the protocol's crop ({protocol.crop} px) is the size")
     size = protocol.crop if protocol else args.size or max(s.input_size for s in owners)   # one size for all
-    if any(reduced):                                          # PCA / NMF fitted on training images at that size
-        train = load_tensors(data, "train")
+    if any(reduced):                                          # PCA / NMF fitted on training images as evaluated
+        train = load_tensors(data, "train", protocol.resize if protocol else None)
         fit = torch.from_numpy(train.images[:min(len(train), 1000)].copy()).float()
+        if protocol:
+            fit = fit[..., protocol.margin:protocol.margin + size, protocol.margin:protocol.margin + size]
         fit = F.interpolate(fit, size=(size, size), mode="area").round().to(torch.uint8)
         sources.update({spec: load_source(spec, args.hypercolumn_from, fit, args.fit_rows).to(device)
                         for spec, r in zip(specs, reduced) if r})
@@ -312,6 +315,8 @@ def benchmark(args) -> dict:
 def main(args) -> dict:
     if args.benchmark:
         return benchmark(args)
+    if args.protocol != "ours":
+        fail(f"--protocol {args.protocol} is a --benchmark protocol; two images are matched at the model's size")
     result = match_two(args)
     logger.info("%d points matched in %.2f s from the loaded model%s", len(result["ref_points"]),
                 result["seconds_model_to_json"], f" -> {args.json}" if args.json else "")

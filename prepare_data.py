@@ -31,7 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Output")
     g.add_argument("--splits", default=None,
-                   help=f"comma-separated splits; default: {','.join(synthetic.SPLITS)} for synthetic, train,test otherwise")
+                   help=f"comma-separated splits; default: {','.join(synthetic.SPLITS)} for synthetic, train,val for "
+                        "ptsfolder (it has no test split), train,test otherwise")
     g.add_argument("--preview", default="runs/data/samples.png", help="where to write the sample grid (PNG)")
     g.add_argument("--preview_split", default=None, help="split shown in the grid (default: the first of --splits)")
     g.add_argument("--preview_count", type=at_least(1), default=16, help="images in the grid")
@@ -39,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
-    splits = (args.splits or (",".join(synthetic.SPLITS) if args.dataset == "synthetic" else "train,test")).split(",")
+    default = {"synthetic": ",".join(synthetic.SPLITS), "ptsfolder": "train,val"}.get(args.dataset, "train,test")
+    splits = (args.splits or default).split(",")
     shown = args.preview_split or splits[0]
     if shown not in splits:
         raise UserError(f"--preview_split {shown} is not among --splits {','.join(splits)}")

@@ -5,11 +5,13 @@
         --hypercolumn_from runs/x/byol/final --num_train 1 5 10 20 50 100 --seeds 3               # Table 5
     accelerate launch regress.py ...                 # the runs (source x size x seed) are shared out
 
-For every feature source (a stage-2 or stage-1 final/, a Hub id, random-ARCH, pca:K / nmf:K of the
---hypercolumn_from hypercolumn fitted on the training images), the frozen features of each image are computed
-once (kept in memory within --cache_gb), then for every --num_train and seed a LandmarkRegressor is trained on
-that many labelled training images, selected on the validation split and scored on the test split: % inter-
-ocular distance for faces, PCK for birds, beside the floor of predicting the training mean shape. Writes
+Each face is cropped by the protocol (--protocol dve | cl, or --resize / --crop; common/protocols.py). For every
+feature source (a stage-2 or stage-1 final/, a Hub id, random-ARCH, pca:K / nmf:K of the --hypercolumn_from
+hypercolumn fitted on the training images), the frozen features of each image are computed once (kept in memory
+within --cache_gb), then for every --num_train and seed a LandmarkRegressor is trained on that many labelled
+training images, selected on the validation split and scored on the test split: % inter-ocular distance for faces,
+PCK for birds, beside the floor of predicting the training mean shape. supervised:MODEL (the supervised ceiling)
+trains MODEL's network from scratch with the regressor instead, end to end on the same labels. Writes
 OUTPUT/results.json, results.md, predictions.png (test images: predicted filled, true as rings), fewshot.png
 (several --num_train), runs/ (one JSON per run: --resume skips them) and final/ (the first source's regressor on
 the most labels, seed 0).
@@ -129,7 +131,8 @@ def build_stores(args, spec: str, data: dict, device) -> tuple[dict, dict]:
     return stores, info
 
 
-def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, LandmarkRegressor, torch.Tensor]:
+def one_run(args, stores, data, scorer, task, num_points, protocol: Protocol) -> tuple[dict, LandmarkRegressor,
+                                                                                       torch.Tensor]:
     source, n, seed = task
     # the labelled images depend on (seed, n) only: every source is trained on the same ones
     run_seed = args.seed * 1_000_003 + seed
@@ -138,8 +141,10 @@ def one_run(args, stores, data, scorer, task, num_points) -> tuple[dict, Landmar
     network = stores["train"].source if isinstance(stores["train"], TrainedStore) else None
     if network is not None:                                      # every run of the ceiling starts from scratch
         network.reset(run_seed)
+    meta = {"features_from": args.features_from[source], "dataset": args.dataset, "protocol": protocol.name,
+            "resize": protocol.resize, "crop": protocol.crop}
     reg, record = train_regressor(from_flags(RegressorSpec, vars(args)), stores, data, idx, run_seed, scorer,
-                                  num_points, network)
+                                  num_points, network, meta)
     pred = predict(reg, stores["test"], scorer.size)
     test, per_point = scorer(pred, data["test"]["landmarks"], data["test"]["visible"])
     floor, _ = scorer(mean_shape(data, idx).expand_as(pred), data["test"]["landmarks"], data["test"]["visible"])
@@ -155,9 +160,7 @@ def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: 
     """final/ (the regressor and its card) and predictions.png, from the first source's run on the most labels.
     config.json says what the regressor's input is: its features and the protocol's crop of the data set's box."""
     ref, feats = hub.model_ref(out), args.features_from[0]
-    reg.save_pretrained(out / "final", config={**reg._hub_mixin_config, "features_from": feats, "dataset": args.dataset,
-                                               "protocol": protocol.name, "resize": protocol.resize,
-                                               "crop": protocol.crop})
+    reg.save_pretrained(out / "final")
     load = f'load_model("{feats}")' if feats.partition(":")[0] not in ("pca", "nmf") else \
         f'load_source("{feats}", "{args.hypercolumn_from}", train_images)   # refitted on the training images'
     (out / "final" / "README.md").write_text(model_card(
@@ -199,8 +202,7 @@ def summarise(args, records: list[dict], infos: dict, data: dict, metric: str, p
             "metric": metric,
             "error": "% inter-ocular distance" if metric == "iod" else f"100 - PCK@{args.pck_alpha} (%)",
             "splits": {k: len(v["images"]) for k, v in data.items()}, "input": [protocol.resize, protocol.crop],
-            "protocol": {"name": protocol.name, "resize": protocol.resize, "crop": protocol.crop,
-                         "describe": protocol.describe()},
+            "protocol": protocol.as_dict(),
             "sources": infos, "summary": rows, "runs": records, "command": sys.argv}
 
 
@@ -242,8 +244,8 @@ def write_reports(out: Path, results: dict) -> None:
 
 
 # flags of this script that change no result: a resumed run may change them (and --num_train / --seeds only add or
-# drop runs)
-ALSO_FREE_ON_RESUME = {"cache_gb", "feature_batch", "num_train", "seeds"}
+# drop runs); --protocol, --resize and --crop are compared by the protocol they give (`input`)
+ALSO_FREE_ON_RESUME = {"cache_gb", "feature_batch", "num_train", "seeds", "protocol", "resize", "crop"}
 
 
 def check_args(args) -> tuple[HubTarget, Protocol]:
@@ -261,14 +263,21 @@ def check_args(args) -> tuple[HubTarget, Protocol]:
         raise UserError("--test_zoom_out applies to --dataset synthetic --variant unaligned (zoomed-out faces)")
     for spec in args.features_from:
         check_source(spec, args.hypercolumn_from)
+    if check_source(args.features_from[0], args.hypercolumn_from) == "supervised":
+        raise UserError(f"--features_from {args.features_from[0]}: the first source is the one final/ keeps, with the "
+                        "frozen features it needs; put the supervised ceiling after a frozen source")
     if args.resume:
-        check_resume_args(flags(args), out, ALSO_FREE_ON_RESUME, get_args_parser())
+        if (out / "args.json").is_file() and "input" not in json.loads((out / "args.json").read_text()):
+            raise UserError(f"{out} was begun before --protocol (its crops were resized twice and points outside them "
+                            "left out): use a new --output_dir, or --overwrite")
+        check_resume_args(flags(args, protocol), out, ALSO_FREE_ON_RESUME, get_args_parser())
     return hub, protocol
 
 
-def flags(args) -> dict:
-    """args.json: the flags and the lr they give."""
-    return {**vars(args), "effective_lr": effective_lr(args.lr, args.batch_size)}
+def flags(args, protocol: Protocol) -> dict:
+    """args.json: the flags, the lr and the input they give."""
+    return {**vars(args), "effective_lr": effective_lr(args.lr, args.batch_size),
+            "input": [protocol.name, protocol.resize, protocol.crop]}
 
 
 def load_data(args, protocol: Protocol) -> dict:
@@ -296,7 +305,7 @@ def main(args) -> dict:
     if accelerator.is_main_process:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            save_args(flags(args), out)
+            save_args(flags(args, protocol), out)
     with accelerator.main_process_first():
         data = load_data(args, protocol)
     num_points = data["train"]["landmarks"].shape[1]
@@ -314,7 +323,7 @@ def main(args) -> dict:
             stores[task[0]], infos[task[0]] = build_stores(args, args.features_from[task[0]], data,
                                                            accelerator.device)
             write_json(out / "runs" / f"source-{task[0]}.json", infos[task[0]])
-        record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points)
+        record, reg, pred = one_run(args, stores[task[0]], data, scorer, task, num_points, protocol)
         if task == (0, largest, 0):                             # before the record: a resume would skip it
             save_final(args, hub, out, reg.cpu(), record, pred, data, infos[0]["name"], scorer.metric, protocol)
         write_json(path, record)

@@ -80,9 +80,10 @@ def sampling_grid(weights: torch.Tensor, basis: torch.Tensor, side: int) -> torc
 def warp_points(points: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Each point [N, K, 2] (pixels) moved to the output pixel whose sampling position is nearest to it (DVE's
     warp_keypoints): integer pixel coordinates [N, K, 2]."""
-    n, side = grid.shape[0], grid.shape[1]
-    where = rearrange((grid + 1) / 2 * (side - 1), "n h w c -> n (h w) c")        # grid_unnormalize
-    nearest = torch.cdist(points.double(), where.double()).argmin(-1)            # [N, K]
+    side = grid.shape[1]
+    where = rearrange((grid + 1) / 2 * (side - 1), "n h w c -> n (h w) c").double()    # grid_unnormalize
+    nearest = torch.cat([torch.cdist(points[i:i + 8].double(), where[i:i + 8]).argmin(-1)   # [N, K], 8 images at a
+                         for i in range(0, len(points), 8)])                               # time: bounded memory
     return torch.stack([nearest % side, nearest // side], -1).float()
 
 

@@ -75,7 +75,7 @@ class Supervised(FeatureSource):
 
     def __init__(self, base: Compact | Hypercolumn):
         network = base.model if isinstance(base, Compact) else base.encoder
-        super().__init__(f"supervised-{network.arch}", base.dim, base.input_size)
+        super().__init__(f"supervised-{base.name}", base.dim, base.input_size)
         self.base, self.network = base, network
         self.reset(0)
 

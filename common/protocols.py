@@ -38,6 +38,10 @@ class Protocol:
     def margin(self) -> int:
         return (self.resize - self.crop) // 2
 
+    def as_dict(self) -> dict:
+        """What results.json and a regressor's config.json record of it."""
+        return {"name": self.name, "resize": self.resize, "crop": self.crop, "describe": self.describe()}
+
     def describe(self) -> str:
         """One line for reports and model cards: name, sizes and whose it is."""
         whose = f", {self.source}" if self.source else ""
@@ -52,8 +56,8 @@ DEFAULT = "cl"            # the paper's own statement of its protocol
 
 
 def resolve(name: str | None, resize: int | None = None, crop: int | None = None) -> Protocol:
-    """The protocol of --protocol NAME, or of --resize / --crop (a "custom" one; the other side defaults to the
-    paper's protocol); both at once is a one-line error."""
+    """The protocol of --protocol NAME, or of --resize / --crop (a "custom" one unless they are a preset's sizes; the
+    other side defaults to the paper's protocol's); both at once is a one-line error."""
     if name is not None and (resize is not None or crop is not None):
         p = PROTOCOLS[name]
         raise UserError(f"--protocol {name} sets --resize {p.resize} --crop {p.crop}: give the protocol or the sizes, "
@@ -64,4 +68,5 @@ def resolve(name: str | None, resize: int | None = None, crop: int | None = None
     resize, crop = resize or base.resize, crop or base.crop
     if resize < crop:
         raise UserError(f"--crop {crop} is larger than --resize {resize}")
-    return Protocol("custom", resize, crop)
+    return next((p for p in PROTOCOLS.values() if (p.resize, p.crop) == (resize, crop)),
+                Protocol("custom", resize, crop))                 # a preset's sizes are that preset

@@ -123,14 +123,15 @@ def predict(reg: LandmarkRegressor, store: FeatureStore, size: int) -> torch.Ten
 
 
 def train_regressor(spec: RegressorSpec, stores: dict, data: dict, idx: torch.Tensor, seed: int, scorer: Scorer,
-                    num_points: int, network: nn.Module | None = None):
+                    num_points: int, network: nn.Module | None = None, input_meta: dict | None = None):
     """One run: a regressor trained on training images idx, the validation-best weights kept; `network` (the
-    stores' source, trained end to end) joins the optimiser and is kept at its validation-best weights too.
-    Returns the regressor and its record (validation curve, best step)."""
+    stores' source, trained end to end) joins the optimiser and is kept at its validation-best weights too;
+    `input_meta` is what the regressor's config says of its input (LandmarkRegressor's features_from, protocol,
+    resize, crop, dataset). Returns the regressor and its record (validation curve, best step)."""
     dev, size = stores["train"].device, scorer.size
     torch.manual_seed(seed)
     reg = LandmarkRegressor(stores["train"].source.dim, num_points, spec.intermediate, spec.softargmax_mul,
-                            spec.shared_heatmaps).to(dev)
+                            spec.shared_heatmaps, **(input_meta or {})).to(dev)
     params = list(reg.parameters()) + (list(network.parameters()) if network is not None else [])
     opt = torch.optim.Adam(params, lr=effective_lr(spec.lr, spec.batch_size), weight_decay=spec.weight_decay,
                            amsgrad=True)

@@ -18,15 +18,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.data.faces import mafl_points  # noqa: E402
 from common.data.readers import _mtfl_records, _read_pts, box_300w, mtfl_box  # noqa: E402
-
-
-def five_of_68(pts: np.ndarray) -> np.ndarray:
-    """The 5 MTFL points of a 68-point face (300-W order): eye centres, nose tip, mouth corners."""
-    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
 
 
 def w300_framing(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +32,7 @@ def w300_framing(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     for folder in folders:
         for path in sorted(folder.rglob("*.pts")):
             pts = _read_pts(path)
-            five = five_of_68(pts)
+            five = mafl_points(torch.from_numpy(pts), torch.ones(68, dtype=torch.bool))[0].numpy()
             size = max(np.linalg.norm(five[0] - five[1]),
                        np.linalg.norm(five[:2].mean(0) - five[3:].mean(0)))
             box = np.array(box_300w([*(pts + 1).min(0), *(pts + 1).max(0)]))       # 1-based, as 300-W's boxes
@@ -72,6 +69,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     root = Path(args.data)
     folders = [root / f for f in ("afw", "helen_train") if (root / f).is_dir()]
+    if not folders:
+        raise SystemExit(f"error: --data {root}: neither afw/ nor helen_train/ is there")
     side, drop = w300_framing(folders)
     print(f"300-W framing of {len(side)} faces ({', '.join(f.name for f in folders)}), in max(IOD, eye-to-mouth):")
     print(f"  side {quartiles(side)}; centre below the 5 points' mean {quartiles(drop)}")

@@ -100,7 +100,7 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
                     "AFW (68 points)", "## A matching picture", "## Wall time"):
         assert section in report, section
     assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report
-    assert "LEAD 4.66, ContrastLandmark 5.22, DVE 4.65" in report and "| supervised-resnet18 |" in report
+    assert "LEAD 4.66, ContrastLandmark 5.22, DVE 4.65" in report and "| supervised-lead-64 |" in report
     assert "LEAD-64 0.51 / 2.6" in report
     config = json.loads((out / "regress68" / "final" / "config.json").read_text())
     assert config["num_points"] == 68 and config["stage"] == "regressor" and config["dataset"] == "ptsfolder"

@@ -24,6 +24,7 @@ def test_protocols_by_name_by_sizes_and_not_both():
     assert (resolve("dve").resize, resolve("dve").crop, resolve("dve").margin) == (100, 70, 15)
     assert (resolve("cl").resize, resolve("cl").crop, resolve("cl").margin) == (136, 96, 20)
     assert resolve(None) == PROTOCOLS["cl"]                               # the paper's, when nothing is said
+    assert resolve(None, 100, 70) == PROTOCOLS["dve"]                     # a preset's sizes are the preset
     custom = resolve(None, 90, 64)
     assert (custom.name, custom.resize, custom.crop) == ("custom", 90, 64)
     assert "resize 100, crop 15 a side: 70 px" in resolve("dve").describe()
@@ -61,7 +62,8 @@ def test_regress_records_the_protocol_in_results_and_in_the_regressor(cache_dir,
     results = regress.main(args)
     assert results["input"] == [100, 70] and results["protocol"]["name"] == "dve"
     rows = {r["name"]: r for r in results["summary"]}                    # the ceiling beside the frozen features
-    assert set(rows) == {"random-resnet18", "supervised-resnet18"} and rows["supervised-resnet18"]["dim"] == 960
+    assert set(rows) == {"random-resnet18", "supervised-random-resnet18"}
+    assert rows["supervised-random-resnet18"]["dim"] == 960
     config = json.loads((out / "final" / "config.json").read_text())
     assert {k: config[k] for k in ("features_from", "protocol", "resize", "crop", "dataset")} == {
         "features_from": "random-resnet18", "protocol": "dve", "resize": 100, "crop": 70, "dataset": "synthetic"}
@@ -94,15 +96,39 @@ def test_a_network_trained_end_to_end_is_kept_at_its_validation_best_weights():
     data, stores = {}, {}
     for split, n in (("train", 16), ("val", 8)):
         images = (255 * torch.rand(n, 3, 32, 32, generator=g)).to(torch.uint8)
-        data[split] = {"images": images, "landmarks": 4 + 24 * torch.rand(n, 5, 2, generator=g),
+        corner = 2 if split == "train" else 16              # validation faces elsewhere: training moves away from them
+        data[split] = {"images": images, "landmarks": corner + 6 * torch.rand(n, 5, 2, generator=g),
                        "visible": torch.ones(n, 5, dtype=torch.bool)}
     stores["train"] = TrainedStore(source, data["train"]["images"], 8)
     stores["val"] = FeatureStore(source, data["val"]["images"], budget=0, batch=8)
     first = {k: v.clone() for k, v in source.network.state_dict().items()}
-    spec = RegressorSpec(intermediate=2, batch_size=8, epochs=1, min_steps=6, eval_every=2)
+    modes = []                                               # the network's mode at each forward: train, then eval
+    source.network.layer1.register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    spec = RegressorSpec(intermediate=2, batch_size=8, epochs=1, min_steps=8, eval_every=2)
     scorer = Scorer(5, size=32)
     reg, record = train_regressor(spec, stores, data, torch.arange(16), 0, scorer, 5, source.network)
     assert any(not torch.equal(first[k], v) for k, v in source.network.state_dict().items())
-    assert not source.network.training
+    assert modes[:2] == [True, True] and modes[2] is False and not source.network.training    # step, step, validate
+    val = dict(map(tuple, record["val_curve"]))
+    assert record["best_step"] < 8 and val[8] != pytest.approx(record["val"])   # the last step is not the kept one
     again, _ = scorer(predict(reg, stores["val"], 32), data["val"]["landmarks"], data["val"]["visible"])
     assert again == pytest.approx(record["val"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_compares_the_protocol_and_refuses_a_run_from_before_it(cache_dir, tmp_path):
+    out = tmp_path / "run"
+    base = ["--features_from", "random-resnet18", "--num_images", "24", "--min_steps", "2", "--epochs", "1",
+            "--eval_every", "2", "--data_workers", "1", "--intermediate", "2", "--output_dir", str(out)]
+    parse = regress.get_args_parser().parse_args
+    regress.main(parse(base + ["--protocol", "dve"]))
+    regress.main(parse(base + ["--resize", "100", "--crop", "70", "--resume"]))     # the same input, named otherwise
+    with pytest.raises(UserError, match=r"other settings than .* \(input\)"):
+        regress.main(parse(base + ["--protocol", "cl", "--resume"]))
+    saved = json.loads((out / "args.json").read_text())
+    (out / "args.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in ("input", "protocol")}))
+    with pytest.raises(UserError, match="was begun before --protocol"):
+        regress.main(parse(base + ["--resize", "136", "--crop", "96", "--resume"]))
+    with pytest.raises(UserError, match="the first source is the one final/ keeps"):
+        regress.main(parse(["--features_from", "supervised:random-resnet18", "random-resnet18",
+                            "--output_dir", str(tmp_path / "s")]))

@@ -66,7 +66,7 @@ def test_68_point_faces_their_splits_and_exact_points():
     assert len(helen) == 870
     np.testing.assert_allclose(helen[0]["landmarks"][0], [127.5, 165.721], atol=1e-3)
     np.testing.assert_allclose(helen[0]["landmarks"][67], [174.919, 210.723], atol=1e-3)
-    both = {s: read_ptsfolder(DATA, s) for s in ("train", "val", "all")}      # afw/ and helen_train/ beside mtfl/
+    both = {s: read_ptsfolder(f"{DATA / 'afw'}:{DATA / 'helen_train'}", s) for s in ("train", "val", "all")}
     assert {s: len(d) for s, d in both.items()} == {"train": 1104, "val": 103, "all": 1207}
 
 

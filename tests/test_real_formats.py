@@ -10,7 +10,7 @@ from common.cli import data_args, from_flags
 from common.data import DataSpec, load_tensors
 from common.errors import UserError
 from common.imageio import crop_resize
-from common.data.readers import FRAME_DROP, FRAME_SIDE, READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
+from common.data.readers import READERS, box_300w, mtfl_box, read_mtfl, read_ptsfolder
 from common.hub import data_line
 from common.imageio import open_rgb
 from tests.format_fixtures import (mtfl_test_points, mtfl_training_points, pts_folder_points, write_mtfl,
@@ -56,7 +56,6 @@ def test_mtfl_splits_points_and_boxes(tmp_path):
     assert (0.75 <= sides).all() and (sides <= 1.25).all() and sides.std() > 0.05
     np.testing.assert_allclose(train[1]["box"], boxes[1], atol=1e-6)
     np.testing.assert_allclose(val[0]["box"], boxes[9], atol=1e-6)
-    assert (FRAME_SIDE, FRAME_DROP) == (4.2, 0.08)
     # the eye-to-mouth distance decides for a profile face, the eyes for a wide one (50: side 210, 4 px lower)
     wide = np.array([[0, 0], [50, 0], [25, 5], [15, 10], [35, 10]], float)
     np.testing.assert_allclose(mtfl_box(wide), [25 - 105, 9 - 105, 25 + 105, 9 + 105])
@@ -110,6 +109,11 @@ def test_pts_folder_splits_by_photo_into_train_and_val(tmp_path):
     assert sorted(name(val, i) for i in range(len(val))) == ["1004_1.jpg", "1004_2.jpg", "1010_1.jpg"]
     assert sorted(name(train, i) for i in range(len(train))) == ["1000_1.jpg", "1000_2.jpg", "1001_1.jpg"]
     assert len(read_ptsfolder(tmp_path, "all")) == 6
+    two = read_ptsfolder(f"{tmp_path / 'helen'}:{tmp_path / 'afw'}", "all")            # folders named one by one
+    assert [name(two, i) for i in range(len(two))] == ["1001_1.jpg", "1010_1.jpg", "1000_1.jpg", "1000_2.jpg",
+                                                       "1004_1.jpg", "1004_2.jpg"]
+    with pytest.raises(UserError, match="nowhere: not found"):
+        read_ptsfolder(f"{tmp_path / 'afw'}:{tmp_path / 'nowhere'}")
     with pytest.raises(UserError, match=r"ptsfolder: no 'test' split \(valid: train, val, all, pretrain"):
         read_ptsfolder(tmp_path, "test")
 

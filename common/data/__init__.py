@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,10 +90,10 @@ def describe(data: DataSpec, split: str) -> dict:
     """What identifies a split's pixels (for cache keys and model cards)."""
     if data.dataset == "synthetic":
         return {"source": "synthetic", "key": synthetic_spec(data, split).key()}
-    local = Path(data.data_dir or data.dataset).expanduser()
-    where = str(local.resolve()) if local.exists() else data.dataset
+    places = [Path(d).expanduser() for d in str(data.data_dir or data.dataset).split(os.pathsep)]   # a: b for .pts
+    where = os.pathsep.join(str(p.resolve()) if p.exists() else data.dataset for p in places)
     # re-saving a dataset or replacing annotation files changes these mtimes: the cache is then rebuilt
-    stamp = max((f.stat().st_mtime_ns for f in local.iterdir()), default=0) if local.is_dir() else 0
+    stamp = max((f.stat().st_mtime_ns for p in places if p.is_dir() for f in p.iterdir()), default=0)
     return {"source": data.dataset, "where": where, "stamp": stamp, "split": split,
             "num_images": data.num_images, "version": CACHE_VERSION}
 

@@ -24,6 +24,7 @@ References: DVE, github.com/jamt9000/DVE, data_loader/data_loaders.py (CelebA, M
 from __future__ import annotations
 
 import csv
+import os
 import zlib
 from pathlib import Path
 
@@ -437,9 +438,10 @@ def pts_val(photo: str) -> bool:
 def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.01) -> datasets.Dataset:
     """A folder of face images, each with its 68-point `.pts` beside it (300-W markup: `version: 1`,
     `n_points:  68`, `{`, 68 `x y` lines, `}`; 1-based, we subtract 1): AFW or HELEN as 300-W ships them, or a
-    user's own; a folder of such folders is read whole (e.g. afw/ and helen_train/ together).
+    user's own; several folders are read one after the other when data_dir names them separated by os.pathsep
+    (`afw:helen_train`).
 
-    Reads every `.pts` below data_dir, recursively, in sorted path order, and the image of the same name beside it
+    Reads every `.pts` below each folder, recursively, in sorted path order, and the image of the same name beside it
     (any extension of IMAGE_EXTS; a .pts without one counts as a bad image). Box: the 300-W protocol's crop
     (`box_300w`, DVE's `ThreeHundredW` crop of `bb_ground_truth`, DVE@2085144 data_loader/data_loaders.py lines
     889-927) of the 68 points' bounding box, which is what 300-W's `bb_ground_truth` boxes are. The eye points are
@@ -451,13 +453,16 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
     if split is not None and split not in PTS_SPLITS:
         raise UserError(f"ptsfolder: no {split!r} split (valid: {', '.join(PTS_SPLITS)}: its faces are split by photo "
                         "into train and val; `all` is every face)")
-    root = require(data_dir, "a folder of images with a .pts beside each")
-    if not root.is_dir():
-        raise UserError(f"{root}: not a folder (expected images with a .pts beside each)")
-    annotations = sorted(p for p in root.rglob("*.pts") if p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not annotations:
-        raise UserError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
+    annotations = []
+    for folder in str(data_dir).split(os.pathsep):
+        root = require(folder, "a folder of images with a .pts beside each")
+        if not root.is_dir():
+            raise UserError(f"{root}: not a folder (expected images with a .pts beside each)")
+        found = sorted(p for p in root.rglob("*.pts") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not found:
+            raise UserError(f"{root}: no .pts files found (expected an image and its 68-point .pts, e.g. AFW)")
+        annotations += found
     if split in ("train", "val"):
         annotations = [p for p in annotations if pts_val(pts_photo(p)) == (split == "val")]
     records = []
@@ -467,7 +472,7 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
                       if q.is_file()), pts_path.with_suffix(".jpg"))    # none: reported as a missing file
         box = box_300w([*pts.min(0), *pts.max(0)])
         records.append({"image": image, "landmarks": pts - 1, "box": box})
-    return records_to_dataset(records, f"ptsfolder[{root}, {split or 'all'}]", max_bad_frac, num_points=68)
+    return records_to_dataset(records, f"ptsfolder[{data_dir}, {split or 'all'}]", max_bad_frac, num_points=68)
 
 
 # ---------------------------------------------------------------- CUB
