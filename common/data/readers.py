@@ -209,8 +209,10 @@ FRAME_SIDE, FRAME_DROP = 4.2, 0.08
 # Each training photo's crop side is the rule's times a factor drawn once per photo from U(1 - FRAME_JITTER,
 # 1 + FRAME_JITTER), the scale augmentation of HRNet's face alignment (HRNet/HRNet-Facial-Landmark-Detection@3c9f92a,
 # lib/datasets/face300w.py, Face300W.__getitem__: `scale * random.uniform(1 - scale_factor, 1 + scale_factor)`;
-# SCALE_FACTOR 0.25 in experiments/300w/face_alignment_300w_hrnet_w18.yaml): a regressor trained on these faces
-# meets faces framed other than by the rule (the test faces' own framing, a face detector's box) as a training face.
+# SCALE_FACTOR 0.25 in experiments/300w/face_alignment_300w_hrnet_w18.yaml; HRNet draws one per sample and epoch,
+# the tensor cache keeps one crop per photo): a regressor trained on these faces meets faces framed otherwise (the test
+# faces' own framing, a face detector's box) as training faces. Its range is HRNet's, not tuned; it was added after
+# regressors trained on one framing were seen not to transfer to the AFLW test faces (experiments/real_faces.md, 5).
 FRAME_JITTER = 0.25
 
 
