@@ -165,15 +165,6 @@ def face_boxes(args, images: dict) -> dict:
     return boxes
 
 
-def pick_device(requested: str) -> str:
-    import torch
-    if requested == "cuda" and not torch.cuda.is_available():
-        fail(f"--device cuda: torch {torch.__version__} sees no CUDA device here; use --device cpu (or auto)")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
 def resolve_model(args, real: bool) -> list[str]:
     """--model, else the demo's model for the data at hand: the real-face recipe's for photos and real data sets
     (`real`), the synthetic demo's for synthetic faces, the other one when that one has not been trained."""
@@ -189,8 +180,9 @@ def resolve_model(args, real: bool) -> list[str]:
     return found[:1]
 
 
-def match_two(args) -> dict:
-    """The two-image command; returns (and writes with --json) the points in each image's own pixels."""
+def match_two(args, loaded=None) -> dict:
+    """The two-image command; returns (and writes with --json) the points in each image's own pixels. `loaded`: the
+    feature source of --model, already loaded (app.py loads it once)."""
     import time
     (ref, landmarks), (query, query_lm) = load_image(args, args.ref), load_image(args, args.query)
     spec = resolve_model(args, real=args.dataset != "synthetic" or landmarks is None or query_lm is None)[0]
@@ -203,11 +195,13 @@ def match_two(args) -> dict:
     if args.heatmap is not None and not 0 <= args.heatmap < len(points):
         fail(f"--heatmap {args.heatmap}: there are {len(points)} points (0-{len(points) - 1})")
     import torch
+
+    from common.cli import pick_device
     from common.features import check_source, load_source
     if check_source(spec, args.hypercolumn_from) in ("pca", "nmf"):
         fail(f"{spec}: pca / nmf need training images; use them in --benchmark")
     device = pick_device(args.device)
-    source = load_source(spec).to(device)
+    source = (loaded or load_source(spec)).to(device)
     t0 = time.perf_counter()
     side = args.size or source.input_size
     (xr, sr, orr), (xq, sq, oq) = to_model(ref, side, boxes["ref"]), to_model(query, side, boxes["query"])
@@ -263,7 +257,7 @@ def benchmark(args) -> dict:
     """Table 1: same- and different-identity matching of every model on --pairs pairs of each kind."""
     import torch
     import torch.nn.functional as F
-    from common.cli import from_flags
+    from common.cli import from_flags, pick_device
     from common.data import DataSpec, load_tensors
     from common.features import check_source, load_model, load_source
     from common.probe import matching_table, probe_all

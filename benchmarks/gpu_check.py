@@ -41,6 +41,7 @@ import dense_distill  # noqa: E402
 import match  # noqa: E402
 import regress  # noqa: E402
 import throughput  # noqa: E402
+from common.cli import pick_device  # noqa: E402
 from common.precision import precision_name  # noqa: E402
 
 CELEBA_TRAIN = 162_770                     # CelebA's training split, the paper's pretraining set
@@ -169,7 +170,7 @@ def check_downstream(checks: Checks, size: dict, tmp: Path) -> None:
         got = json.loads(out.read_text())
         points = torch.tensor(got["query_points"])
         return bool(torch.isfinite(points).all()) and len(got["scores"]) == len(points), \
-            f"{len(points)} points on {match.pick_device('auto')}"
+            f"{len(points)} points on {pick_device('auto')}"
 
     def benchmark():
         args = match.get_args_parser().parse_args(data + ["--benchmark", "--model", str(student), str(teacher),

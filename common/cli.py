@@ -76,7 +76,8 @@ def data_args() -> argparse.ArgumentParser:
     g.add_argument("--zoom_out", type=zoom_range, default=(1.0, 1.5),
                    help="synthetic unaligned: range of zoom-out factors, e.g. 1,1.5 (default, seen) or 1.5,2 (unseen)")
     g.add_argument("--landmarks", type=int, default=5, choices=[5, 68],
-                   help="synthetic: 5 MAFL points (default) or the 68 300-W points")
+                   help="synthetic: 5 MAFL points (default) or the 68 300-W points; regress.py --predict: "
+                        "the default --model's")
     g.add_argument("--image_size", type=at_least(32), default=128,
                    help="synthetic render size and tensor-cache size (default 128)")
     g.add_argument("--num_images", type=at_least(1), default=None,
@@ -161,6 +162,17 @@ def view_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of each view (0.5)")
 
 
+def pick_device(requested: str) -> str:
+    """--device auto | cpu | cuda -> the device to use; cuda without one is a user's mistake."""
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device cuda: torch {torch.__version__} sees no CUDA device here; use --device cpu "
+                        "(or auto)")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     from rich.logging import RichHandler
 
@@ -178,7 +190,9 @@ def run_cli(main, parser) -> None:
     args = parser.parse_args()
     setup_logging()
     try:
-        main(args)
+        result = main(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if isinstance(result, dict) and result.get("exit_status"):     # e.g. regress.py --predict: an image failed
+        sys.exit(result["exit_status"])

@@ -1,62 +1,111 @@
-"""The face crop of a photo as people have them: the largest face that OpenCV's frontal-face detector finds, framed
-as the training faces are, so that match.py matches inside faces at the model's input size.
+"""Faces in photos as people have them: every face a detector finds, framed as the training faces are, for
+regress.py --predict (every face) and match.py (the largest).
 
-    box = face_box(image)          # PIL RGB image -> square (x0, y0, x1, y1) in its pixels (edges), or None
+    boxes = raw_faces(image)       # PIL RGB image -> [(x0, y0, x1, y1, score)] in its pixels (edges)
+    box = frame(boxes[0])          # the square crop the regressors and matchers were trained on
+    box = face_box(image)          # the largest face's crop, or None
 
-Why this detector: it is the only face detector whose weights a kept pip package ships (opencv-python-headless 4.x
-bundles its Haar cascades; OpenCV 5's wheel no longer does, mediapipe's wheel no longer holds its models, and DNN
-detectors such as YuNet, RetinaFace or MTCNN fetch their weights at run time or ship pickles). Its cost, measured on
-the 2-core development machine: `import cv2` and loading the cascade ~0.4 s, detection ~60 ms for a 250-400 px
-photo (images are shrunk to DETECT_SIDE first, so a large photo costs no more). It finds frontal and mildly turned
-faces; a profile or a tiny face may be missed, and then the whole frame is used.
+Which detector (`python experiments/detectors.py`, experiments/detectors.md): four candidates whose weights a kept
+pip package ships, none fetched at run time, on AFW, HELEN's training faces and the AFLW test faces passed whole.
+dlib's HOG + linear SVM frontal detector (DEFAULT; the dlib-bin wheel, 4 MB, its model compiled in) finds the most
+faces (89 / 95 / 90 %, against 85 / 92 / 73 % for OpenCV's Haar cascade and 90 / 94 / 74 % with its profile
+cascade added, at 3-4 times the cost), and frames them the most consistently. OpenCV's
+cascades stay as --detector choices (opencv-python-headless 4.x bundles them; OpenCV 5's wheel no longer does,
+mediapipe's wheel holds no models, and YuNet, RetinaFace or MTCNN fetch their weights or ship pickles).
 
-Framing (`python experiments/framing.py`: every 20th MTFL training photo, 500 faces, 14 missed): the crop of a
-training face (common.data.readers.mtfl_box, the 300-W protocol's framing predicted from its 5 points) is, in
-medians, FACE_SCALE = 1.67 times the detector's square (quartiles 1.57-1.78) and FACE_SHIFT = 0.12 of its side lower.
+Framing (FRAMING, from training labels only: every 20th MTFL training photo): the crop of a training face
+(common.data.readers.mtfl_box, the 300-W protocol's framing predicted from its 5 points) is, in medians, `scale`
+times the detector's largest box and `shift` of its side lower.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-FACE_SCALE = 1.67
-FACE_SHIFT = 0.12
-DETECT_SIDE = 640              # the longer side a photo is shrunk to before detection
-_DETECTOR = None
+DEFAULT = "hog"
+_LOADED: dict = {}
 
 
-def detector():
-    """OpenCV's bundled frontal-face Haar cascade, loaded once."""
-    global _DETECTOR
-    if _DETECTOR is None:
-        import cv2
-        _DETECTOR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-        if _DETECTOR.empty():
-            raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml did not load")
-    return _DETECTOR
+def _cascade(name: str):
+    import cv2
+    if name not in _LOADED:
+        _LOADED[name] = cv2.CascadeClassifier(cv2.data.haarcascades + f"haarcascade_{name}.xml")
+        if _LOADED[name].empty():
+            raise RuntimeError(f"OpenCV's haarcascade_{name}.xml did not load")
+    return _LOADED[name]
 
 
-def largest_face(image: Image.Image) -> tuple[float, float, float] | None:
-    """The largest detected face as (centre x, centre y, side) in the image's pixels (centres), or None."""
+def _haar(grey: np.ndarray, cascade: str = "frontalface_default") -> list[tuple]:
+    rects, _, weights = _cascade(cascade).detectMultiScale3(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24),
+                                                            outputRejectLevels=True)
+    return [(x, y, x + w, y + h, float(s)) for (x, y, w, h), s in zip(rects, np.ravel(weights))]
+
+
+def _haar_profile(grey: np.ndarray) -> list[tuple]:
+    """The frontal cascade, and the profile cascade (trained on faces turned one way) on the image and its mirror;
+    profile boxes that overlap a frontal one are dropped."""
+    width = grey.shape[1]
+    boxes = _haar(grey)
+    side = _haar(grey, "profileface") + [(width - x1, y0, width - x0, y1, s)
+                                         for x0, y0, x1, y1, s in _haar(np.ascontiguousarray(grey[:, ::-1]),
+                                                                        "profileface")]
+    for b in sorted(side, key=lambda b: -b[4]):
+        if all(overlap(b, k) < 0.3 for k in boxes):
+            boxes.append(b)
+    return boxes
+
+
+def _hog(grey: np.ndarray) -> list[tuple]:
+    import dlib
+    if "hog" not in _LOADED:
+        _LOADED["hog"] = dlib.get_frontal_face_detector()
+    rects, scores, _ = _LOADED["hog"].run(grey, 0, 0.0)
+    return [(r.left(), r.top(), r.right() + 1, r.bottom() + 1, float(s)) for r, s in zip(rects, scores)]
+
+
+def overlap(a, b) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1, ...)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
+DETECTORS = {"haar": _haar, "haar_alt2": lambda g: _haar(g, "frontalface_alt2"), "haar+profile": _haar_profile,
+             "hog": _hog}
+# (longest side, most enlargement): a photo is scaled to that side (down, or up at most so much) before detection. The
+# cascades find faces from 24 px: at 640 px, faces of 4 % of the photo's side; HOG's window is 80 px: at 2048 px,
+# faces of 4 % too (and a small photo is enlarged 2x: faces from 40 px). HOG at 2048 px costs ~0.2 s a photo
+SCALING = {"haar": (640, 1.0), "haar_alt2": (640, 1.0), "haar+profile": (640, 1.0), "hog": (2048, 2.0)}
+# (scale, shift) per detector, measured by experiments/detectors.py (haar+profile: the frontal cascade's)
+FRAMING = {"haar": (1.67, 0.12), "haar_alt2": (1.70, 0.12), "haar+profile": (1.67, 0.12), "hog": (1.87, 0.05)}
+
+
+def raw_faces(image: Image.Image, name: str = DEFAULT) -> list[tuple[float, float, float, float, float]]:
+    """Every face the detector `name` finds, as (x0, y0, x1, y1, score): its box (pixel edges, in the image's
+    pixel-centre coordinates) and the detector's confidence (comparable within one detector only)."""
     grey = image.convert("L")
-    shrink = min(1.0, DETECT_SIDE / max(grey.size))
-    if shrink < 1:
-        grey = grey.resize((max(1, round(grey.width * shrink)), max(1, round(grey.height * shrink))), Image.BILINEAR)
-    faces = detector().detectMultiScale(np.asarray(grey), scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    if len(faces) == 0:
-        return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return (x + w / 2) / shrink - 0.5, (y + h / 2) / shrink - 0.5, w / shrink
+    side, upscale = SCALING[name]
+    zoom = min(upscale, side / max(grey.size))
+    if zoom != 1:
+        grey = grey.resize((max(1, round(grey.width * zoom)), max(1, round(grey.height * zoom))), Image.BILINEAR)
+    zx, zy = grey.width / image.width, grey.height / image.height          # each axis's own, after rounding
+    return [(x0 / zx - 0.5, y0 / zy - 0.5, x1 / zx - 0.5, y1 / zy - 0.5, s)
+            for x0, y0, x1, y1, s in DETECTORS[name](np.asarray(grey))]
 
 
-def face_box(image: Image.Image) -> list[float] | None:
-    """The square around the largest face, framed as the training crops (FACE_SCALE, FACE_SHIFT), as a box
-    (x0, y0, x1, y1) of pixel edges in the image's coordinates; it may leave the image (zero-padded). None when no
-    face is found."""
-    face = largest_face(image)
-    if face is None:
-        return None
-    cx, cy, side = face
-    half = FACE_SCALE * side / 2
-    cy += FACE_SHIFT * side
+def frame(box, detector: str = DEFAULT) -> list[float]:
+    """A detector's box -> the square the training faces are cropped to (FRAMING: `scale` times its width, its
+    centre `shift` widths lower)."""
+    scale, shift = FRAMING[detector]
+    x0, y0, x1, y1 = box[:4]
+    side = x1 - x0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + shift * side
+    half = scale * side / 2
     return [float(v) for v in (cx - half, cy - half, cx + half, cy + half)]
+
+
+def face_box(image: Image.Image, detector: str = DEFAULT) -> list[float] | None:
+    """The square around the largest face, framed as the training crops, as a box (x0, y0, x1, y1) of pixel edges in
+    the image's coordinates; it may leave the image (zero-padded). None when no face is found."""
+    boxes = raw_faces(image, detector)
+    return frame(max(boxes, key=lambda b: b[2] - b[0]), detector) if boxes else None

@@ -7,9 +7,7 @@
    eye's six contour points, nose tip 30, mouth corners 48 and 54): its side over max(inter-ocular, eye-centre to
    mouth-centre distance), and how far its centre lies below the 5 points' mean, in that distance. MTFL's training
    photos, which have only 5 points, are cropped with these, so that they are framed as 300-W frames a face.
-2. FACE_SCALE, FACE_SHIFT (common/detect.py): that crop of every 20th MTFL training photo against the box OpenCV's
-   frontal-face detector finds in it: its side over the detector's, and its centre's drop in the detector's sides.
-Prints medians and quartiles.
+Prints medians and quartiles. (The detectors' framing of that crop, common/detect.py's FRAMING: experiments/detectors.py.)
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.data.faces import mafl_points  # noqa: E402
-from common.data.readers import _mtfl_records, _read_pts, box_300w, mtfl_box  # noqa: E402
+from common.data.readers import _read_pts, box_300w  # noqa: E402
 
 
 def w300_framing(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,23 +37,6 @@ def w300_framing(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
             side.append((box[2] - box[0]) / size)
             drop.append(((box[1] + box[3]) / 2 - five[:, 1].mean()) / size)
     return np.array(side), np.array(drop)
-
-
-def detector_framing(mtfl: Path, every: int = 20) -> tuple[np.ndarray, np.ndarray, int]:
-    """mtfl_box against the detector's face on every `every`-th MTFL training photo: scale, shift, misses."""
-    from common.detect import largest_face
-    from common.imageio import open_rgb
-    scale, shift, missed = [], [], 0
-    for rec in _mtfl_records(mtfl, "training.txt")[::every]:
-        face = largest_face(open_rgb(rec["image"]))
-        if face is None:
-            missed += 1
-            continue
-        cx, cy, side = face
-        x0, y0, x1, y1 = mtfl_box(rec["landmarks"])
-        scale.append((x1 - x0) / side)
-        shift.append(((y0 + y1) / 2 - cy) / side)
-    return np.array(scale), np.array(shift), missed
 
 
 def quartiles(x: np.ndarray) -> str:
@@ -74,11 +55,6 @@ def main(argv=None) -> None:
     side, drop = w300_framing(folders)
     print(f"300-W framing of {len(side)} faces ({', '.join(f.name for f in folders)}), in max(IOD, eye-to-mouth):")
     print(f"  side {quartiles(side)}; centre below the 5 points' mean {quartiles(drop)}")
-    if (root / "mtfl" / "training.txt").is_file():
-        scale, shift, missed = detector_framing(root / "mtfl")
-        print(f"mtfl_box against OpenCV's face on {len(scale) + missed} MTFL training photos ({missed} missed):")
-        print(f"  side / detector side {quartiles(scale)}; centre below the detector's {quartiles(shift)} sides")
-
 
 if __name__ == "__main__":
     main()
