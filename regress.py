@@ -29,14 +29,16 @@ from pathlib import Path
 
 import torch
 
-from common.cli import HelpWithDefaults, at_least, data_args, from_flags, hub_args, run_cli, zoom_range
+from common.cli import HelpWithDefaults, at_least, data_args, from_flags, hub_args, pick_device, run_cli, zoom_range
 from common.data import DataSpec, describe
+from common.detect import DEFAULT as DEFAULT_DETECTOR, DETECTORS
 from common.errors import UserError
 from common.features import FeatureStore, Supervised, check_source, load_source
 from common.files import write_json
 from common.hub import HubTarget, data_line, model_card
 from common.models import LandmarkRegressor
 from common.optim import effective_lr
+from common.predict import Predictor, default_model, list_inputs, predict_files
 from common.protocols import PROTOCOLS, Protocol, resolve
 from common.regression import (RegressorSpec, Scorer, TrainedStore, finite, load_eval_split, mean_shape, predict,
                                train_regressor, without_val)
@@ -50,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Landmark regression on frozen features (stage 3)", parents=[data_args()],
                                      formatter_class=HelpWithDefaults)
     g = parser.add_argument_group("Features")
-    g.add_argument("--features_from", nargs="+", required=True,
+    g.add_argument("--features_from", nargs="+", default=None,
                    help="one or more sources: stage-2/stage-1 final/ folders or Hub ids, random-ARCH, pca:K, nmf:K, "
                         "supervised:MODEL (MODEL's network from scratch, trained end to end with the regressor on the "
                         "same labels: the supervised ceiling)")
@@ -98,6 +100,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a used --output_dir")
     g.add_argument("--seed", type=int, default=0)
     hub_args(parser)
+    g = parser.add_argument_group("Predict (landmarks on photos, with a trained regressor: README, Predicting)")
+    g.add_argument("--predict", nargs="+", default=None, metavar="PATH",
+                   help="image files, folders (recursively) or .txt lists of paths: every face's landmarks")
+    g.add_argument("--model", default=None, help="a regressor's final/ or Hub id (default: the real-face recipe's "
+                   "runs/demo_real/regress/final; regress68/final with --landmarks 68)")
+    g.add_argument("--json", default=None, metavar="OUT.jsonl", help="one JSON line per image")
+    g.add_argument("--out", default=None, metavar="DIR", help="each photo drawn with its faces and points")
+    g.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS),
+                   help="face detector (experiments/detectors.md)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser
 
 
@@ -178,7 +190,9 @@ def save_final(args, hub: HubTarget, out: Path, reg: LandmarkRegressor, record: 
         f"features = {load}\nregressor = LandmarkRegressor.from_pretrained(\"{ref}\")\n"
         f"points, _ = regressor(features(crops))   # crops [B, 3, {protocol.crop}, {protocol.crop}] in [0, 1] -> "
         "[B, K, 2] in [-1, 1]",
-        None, ["facial-landmarks", "landmark-regression"]))
+        f"python regress.py --predict photo.jpg photos/ --model {ref} --json landmarks.jsonl --out drawn/   # every "
+        "face, in each photo's pixels" if feats.partition(":")[0] not in ("pca", "nmf") else None,
+        ["facial-landmarks", "landmark-regression"]))
     k = min(16, len(pred))
     truth = torch.where(data["test"]["visible"][..., None], data["test"]["landmarks"], float("nan"))
     landmark_grid(data["test"]["images"][:k].numpy(), pred[:k].numpy(), truth=truth[:k].numpy(),
@@ -293,7 +307,38 @@ def load_data(args, protocol: Protocol) -> dict:
     return data
 
 
+def predict_main(args) -> dict:
+    """--predict: JSON lines and pictures for every image; exit status 1 when some image could not be read."""
+    jsonl, out = (Path(p) if p else None for p in (args.json, args.out))
+    if jsonl is None and out is None:
+        raise UserError("--predict needs --json OUT.jsonl, --out DIR or both")
+    if args.resume and jsonl is None:
+        raise UserError("--resume continues the --json file; give it")
+    if jsonl is not None and (jsonl.is_dir() or not jsonl.parent.is_dir()):
+        raise UserError(f"--json {jsonl}: " + ("a folder" if jsonl.is_dir() else f"no folder {jsonl.parent}"))
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
+    for path, what in ((jsonl, "--json"), (out, "--out")):
+        if path is not None and path.exists() and (path.is_file() or any(path.iterdir())) and not (
+                args.resume or args.overwrite):
+            raise UserError(f"{what} {path} exists: --resume to continue it, --overwrite to replace it")
+    paths = list_inputs(args.predict, skip=out)                # before the models: a typo fails at once
+    if not paths:
+        raise UserError(f"--predict {' '.join(args.predict)}: no image there")
+    predictor = Predictor.load(args.model or default_model(args.landmarks), args.detector, args.feature_batch,
+                               pick_device(args.device))
+    counts = predict_files(paths, predictor, jsonl, out, resume=args.resume, overwrite=args.overwrite)
+    logger.info("%d images, %d faces in %.1f s (%.1f faces/s); %d could not be read%s", counts["images"],
+                counts["faces"], counts["seconds"], counts["faces"] / max(counts["seconds"], 1e-9), counts["failed"],
+                f" (with the earlier run's); {counts['done_before']} done before" if counts["done_before"] else "")
+    return {**counts, "exit_status": int(counts["failed"] > 0)}
+
+
 def main(args) -> dict:
+    if args.predict:
+        return predict_main(args)
+    if not args.features_from:
+        raise UserError("--features_from is required (the feature sources to train on), or --predict PATH")
     out = Path(args.output_dir)
     hub, protocol = check_args(args)
     logger.info("protocol %s; lr: %g per 256 images, %g at batch %d", protocol.describe(), args.lr,

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from .errors import UserError
 
 MIN_SIDE = 8
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")     # what a folder of photos holds
 
 
 class BadImage(Exception):

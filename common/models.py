@@ -249,6 +249,15 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return p @ grid
 
 
+def to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel centres of a size x size image -> soft_argmax's coordinates ([-1, 1] at the image's edges)."""
+    return (2 * points + 1) / size - 1
+
+
+def to_pixels(unit: torch.Tensor, size: int) -> torch.Tensor:
+    return (unit + 1) * size / 2 - 0.5
+
+
 class LandmarkRegressor(nn.Module, StageModel):
     """The few-label landmark regressor of DVE, ContrastLandmark and LEAD (Sec. 4.2) on frozen features: a 1x1
     convolution without bias gives `intermediate` heatmaps per landmark (DVE's code; `shared`: one set of

@@ -18,7 +18,7 @@ from .data import DataSpec, load_tensors
 from .errors import UserError
 from .features import FeatureStore, eval_crops
 from .metrics import EYES, inter_ocular, iod_error, pck
-from .models import LandmarkRegressor
+from .models import LandmarkRegressor, to_pixels, to_unit
 from .optim import effective_lr
 from .protocols import Protocol
 
@@ -63,14 +63,6 @@ def without_val(train: dict, val: dict) -> tuple[dict, int]:
     seen = {digest(x) for x in val["images"]}
     keep = torch.tensor([digest(x) not in seen for x in train["images"]])
     return {k: v[keep] for k, v in train.items()}, int((~keep).sum())
-
-
-def to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
-    return (2 * points + 1) / size - 1
-
-
-def to_pixels(unit: torch.Tensor, size: int) -> torch.Tensor:
-    return (unit + 1) * size / 2 - 0.5
 
 
 def finite(values: torch.Tensor) -> list[float | None]:

@@ -95,7 +95,18 @@ def test_pts_folder_reads_each_image_and_its_points(tmp_path):
     np.testing.assert_allclose(lms(ds, k), points - 1, atol=1e-4)
     # the 300-W crop of the points' bounding box, in 1-based coordinates as 300-W's own boxes
     np.testing.assert_allclose(ds[k]["box"], box_300w([*points.min(0), *points.max(0)]), atol=1e-4)
-    assert len(read_ptsfolder(tmp_path, "train")) == 4 and ds[0]["identity"] == -1     # photo 1000: a train photo
+    train = read_ptsfolder(tmp_path, "train")
+    assert len(train) == 4 and ds[0]["identity"] == -1                                  # photo 1000: a train photo
+    # training faces: that crop scaled by 0.75-1.25 and moved by at most 0.1 of its side, each differently
+    ratios = []
+    for i in range(4):
+        pts = np.array(pts_folder_points(i))
+        ref, box = np.array(box_300w([*pts.min(0), *pts.max(0)])), np.array(train[i]["box"])
+        side, ref_side = box[2] - box[0], ref[2] - ref[0]
+        assert abs((box[3] - box[1]) - side) < 1e-3 and 0.75 <= side / ref_side <= 1.25
+        assert np.abs((box[:2] + box[2:]) / 2 - (ref[:2] + ref[2:]) / 2).max() <= 0.1 * ref_side + 1e-4
+        ratios.append(side / ref_side)
+    assert len(set(np.round(ratios, 4))) == 4
     assert len(read_ptsfolder(tmp_path)) == len(read_ptsfolder(tmp_path, "pretrain")) == 4
 
 

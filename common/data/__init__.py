@@ -42,7 +42,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-CACHE_VERSION = 3  # bump when a reader or the cache's crop/resize changes: it is part of the key
+# bump when a reader or the cache's crop/resize changes: it is part of the key (4: ptsfolder's jittered train crops)
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
