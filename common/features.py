@@ -145,7 +145,7 @@ def nmf_project(x: torch.Tensor, h: torch.Tensor, iters: int = 100) -> torch.Ten
     return w
 
 
-def _config(source: str) -> dict:
+def read_config(source: str) -> dict:
     """config.json of a model folder or Hub id; a one-line error otherwise."""
     local = Path(source)
     if local.exists():
@@ -181,7 +181,7 @@ def check_source(spec: str, hypercolumn_from: str | None = None) -> str:
         if spec.removeprefix("random-") not in ARCHS:
             raise UserError(f"{spec}: unknown architecture (random-ARCH with ARCH in {', '.join(ARCHS)})")
         return "random"
-    config = _config(spec)
+    config = read_config(spec)
     stage = stage_of(config)
     if stage == "regressor":
         raise UserError(f"{spec}: a landmark regressor (regress.py's final/), not features: give a stage-1 or "

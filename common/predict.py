@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import detect
 from .errors import UserError
-from .features import FeatureSource, _config, load_model
+from .features import FeatureSource, load_model, read_config
 from .imageio import IMAGE_EXTS, BadImage, crop_resize, open_rgb
 from .models import LandmarkRegressor, stage_of, to_pixels
 
@@ -60,7 +60,7 @@ class Predictor:
     @classmethod
     def load(cls, model: str, detector: str = detect.DEFAULT, batch: int = 32, device: str = "cpu") -> "Predictor":
         """A regressor's final/ folder or Hub id, and the feature model it names; one-line errors otherwise."""
-        config = _config(model)
+        config = read_config(model)
         stage = stage_of(config)
         if stage != "regressor":
             what = {"encoder": "a stage-1 encoder", "extractor": "a stage-2 dense model"}.get(stage, "not a model")

@@ -86,3 +86,14 @@ def teacher(tmp_path_factory):
     torch.manual_seed(0)
     ResNetEncoder("resnet18").save_pretrained(folder)
     return folder
+
+
+def tiny_regressor(root):
+    """A stage-2 final/ (root/s2) and a 5-point regressor on it (root/reg), untrained: the plumbing of prediction
+    (regress.py --predict, app.py) is under test, not the points."""
+    from common.models import DenseExtractor, LandmarkRegressor
+    torch.manual_seed(0)
+    DenseExtractor("resnet18", feature_dim=16, fpn_width=16, input_size=32).save_pretrained(root / "s2")
+    LandmarkRegressor(16, 5, intermediate=4, features_from=str(root / "s2"), protocol="custom", resize=44, crop=32,
+                      dataset="mtfl").save_pretrained(root / "reg")
+    return root

@@ -11,11 +11,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from common.models import DenseExtractor, LandmarkRegressor
-from conftest import ROOT
+from conftest import ROOT, tiny_regressor
 
 pytest.importorskip("gradio", reason="the web page's extra: pip install -r requirements-app.txt")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -r requirements-app.txt")
@@ -34,11 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     """app.py serving a tiny stage-2 model and a 5-point regressor on it; the URL."""
-    root = tmp_path_factory.mktemp("app")
-    torch.manual_seed(0)
-    DenseExtractor("resnet18", feature_dim=16, fpn_width=16, input_size=32).save_pretrained(root / "s2")
-    LandmarkRegressor(16, 5, intermediate=4, features_from=str(root / "s2"), protocol="custom", resize=44, crop=32,
-                      dataset="mtfl").save_pretrained(root / "reg")
+    root = tiny_regressor(tmp_path_factory.mktemp("app"))
     port = free_port()
     server = subprocess.Popen([sys.executable, "app.py", "--regressor", str(root / "reg"), "--model", str(root / "s2"),
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -5,28 +5,21 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import regress
 from common import detect
 from common.errors import UserError
-from common.models import DenseExtractor, LandmarkRegressor
+from common.models import LandmarkRegressor
 from common.predict import Predictor
-from conftest import ROOT
+from conftest import ROOT, tiny_regressor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A stage-2 final/ and a 5-point regressor on it (untrained weights: the plumbing is under test)."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    DenseExtractor("resnet18", feature_dim=16, fpn_width=16, input_size=32).save_pretrained(root / "s2")
-    LandmarkRegressor(16, 5, intermediate=4, features_from=str(root / "s2"), protocol="custom", resize=44, crop=32,
-                      dataset="mtfl").save_pretrained(root / "reg")
-    return root
+    return tiny_regressor(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
