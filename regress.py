@@ -319,7 +319,7 @@ def predict_main(args) -> dict:
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
     for path, what in ((jsonl, "--json"), (out, "--out")):
-        if path is not None and path.exists() and (path.is_file() or any(path.iterdir())) and not (
+        if path is not None and path.exists() and (not path.is_dir() or any(path.iterdir())) and not (
                 args.resume or args.overwrite):
             raise UserError(f"{what} {path} exists: --resume to continue it, --overwrite to replace it")
     paths = list_inputs(args.predict, skip=out)                # before the models: a typo fails at once

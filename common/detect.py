@@ -8,7 +8,7 @@ regress.py --predict (every face) and match.py (the largest).
 Which detector (`python experiments/detectors.py`, experiments/detectors.md): four candidates whose weights a kept
 pip package ships, none fetched at run time, on AFW, HELEN's training faces and the AFLW test faces passed whole.
 dlib's HOG + linear SVM frontal detector (DEFAULT; the dlib-bin wheel, 4 MB, its model compiled in) finds the most
-faces (89 / 95 / 90 %, against 85 / 92 / 73 % for OpenCV's Haar cascade and 90 / 94 / 74 % with its profile
+faces (91 / 95 / 90 %, against 85 / 92 / 73 % for OpenCV's Haar cascade and 90 / 94 / 74 % with its profile
 cascade added, at 3-4 times the cost), and frames them the most consistently. OpenCV's
 cascades stay as --detector choices (opencv-python-headless 4.x bundles them; OpenCV 5's wheel no longer does,
 mediapipe's wheel holds no models, and YuNet, RetinaFace or MTCNN fetch their weights or ship pickles).

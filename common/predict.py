@@ -11,7 +11,6 @@ framing that common/detect.py's FRAMING gives from a detector's box) resized to 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from .errors import UserError
 from .features import FeatureSource, load_model, read_config
 from .imageio import IMAGE_EXTS, BadImage, crop_resize, open_rgb
 from .models import LandmarkRegressor, stage_of, to_pixels
-
-logger = logging.getLogger("lead")
 
 # the demo's regressors on real faces (bash demo.sh --real DIR), the defaults of --model by --landmarks
 DEFAULT_MODELS = {5: "runs/demo_real/regress/final", 68: "runs/demo_real/regress68/final"}
@@ -138,12 +135,12 @@ def list_inputs(paths: list[str], skip: Path | None = None) -> list[Path]:
     files listing paths (one a line, relative to the list; # comments), in order. A path named on the command line
     that does not exist is a user error; a stale line of a list is reported as its image's record (a long list is not
     stopped by one)."""
-    out = []
+    out, skip = [], skip.resolve() if skip is not None else None
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()
                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                          and not (skip is not None and skip.resolve() in f.resolve().parents))
+                          and not (skip is not None and skip in f.resolve().parents))
         elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
             try:
                 lines = [s.strip() for s in p.read_text(encoding="utf-8").splitlines()]

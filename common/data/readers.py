@@ -482,9 +482,8 @@ def read_ptsfolder(data_dir, split: str | None = None, max_bad_frac: float = 0.0
     if split in ("train", "val"):
         annotations = [p for p in annotations if pts_val(pts_photo(p)) == (split == "val")]
     records = []
-    # the training faces' side times a factor drawn once per face, as MTFL's (FRAME_JITTER): a regressor trained on
-    # one exact framing loses 5-6 points a quarter off it (experiments/real_faces.md), and a detector's box is off
-    # by that much (regress.py --predict); validation and the other splits keep the protocol's crop
+    # training faces scaled (FRAME_JITTER, as MTFL's) and moved (SHIFT_JITTER) once per face: a detector's box frames
+    # a face that much off (regress.py --predict); validation and the other splits keep the protocol's crop
     g = np.random.default_rng(0)
     jitter = g.uniform(1 - FRAME_JITTER, 1 + FRAME_JITTER, len(annotations))
     shifts = g.uniform(-SHIFT_JITTER, SHIFT_JITTER, (len(annotations), 2))
