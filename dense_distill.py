@@ -66,6 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "through a spatial softmax; Table 6)")
     g.add_argument("--tau", type=float, default=0.05,
                    help="softmax temperature of Eq. 2 and of DVE's matches (default 0.05)")
+    g.add_argument("--teacher_tau", type=float, default=None,
+                   help="temperature of the teacher's softmax in Eq. 2 (default: --tau, the paper's); below --tau it "
+                        "sharpens the distribution the student learns")
     g.add_argument("--cl_tau", type=float, default=1 / 7,
                    help="cl: softmax temperature (default 1/7, ContrastLandmark's)")
     g.add_argument("--cl_softmax", type=float, default=7.0,
@@ -136,16 +139,20 @@ class Distiller(nn.Module):
         return features, rearrange(self.head(features[:, :self.lead_channels]), "b c h w -> b (h w) c")
 
 
-def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk) -> torch.Tensor:
+def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk,
+              teacher_tau: float | None = None) -> torch.Tensor:
     """f, h of the batch's two views stacked [2B, N, C]: view 1 of image b is row b, view 2 row B + b."""
     f1, f2 = f.chunk(2)
     h1, h2 = h.chunk(2)
     views = cross = 0.0
-    if pairs in ("views", "both"):             # the same image under two augmentations, both directions
-        views = (lead_loss(f1, f2, h1, h2, tau, chunk) + lead_loss(f2, f1, h2, h1, tau, chunk)) / 2
+
+    def both_ways(fa, fb, ha, hb):
+        return (lead_loss(fa, fb, ha, hb, tau, chunk, teacher_tau) + lead_loss(fb, fa, hb, ha, tau, chunk,
+                                                                              teacher_tau)) / 2
+    if pairs in ("views", "both"):             # the same image under two augmentations
+        views = both_ways(f1, f2, h1, h2)
     if pairs in ("cross", "both"):             # view 1 of image b with view 2 of image b - 1
-        f2r, h2r = f2.roll(1, 0), h2.roll(1, 0)
-        cross = (lead_loss(f1, f2r, h1, h2r, tau, chunk) + lead_loss(f2r, f1, h2r, h1, tau, chunk)) / 2
+        cross = both_ways(f1, f2.roll(1, 0), h1, h2.roll(1, 0))
     return views + cross if pairs != "both" else (views + cross) / 2
 
 
@@ -184,7 +191,7 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
             features, f = model(views, maps)
         loss = 0.0                                                # softmaxes and cross-entropies in fp32
         if "lead" in args.objective:
-            loss = pair_loss(f, h, args.pairs, args.tau, chunk)
+            loss = pair_loss(f, h, args.pairs, args.tau, chunk, args.teacher_tau)
         if args.objective == "cl":                              # each view against itself
             loss = cl_loss(features, args.crop_size / features.shape[-1], args.cl_tau)
         if "dve" in args.objective:
@@ -230,7 +237,8 @@ def model_card(args, run: Run, teacher: ResNetEncoder, probe_result: dict, probe
         [f"teacher: {args.init_from} ({teacher.hypercolumn_dim}-d hypercolumn)",
          data_line(run.data, "pretrain"),
          f"steps: {steps}, global batch {args.batch_size}, views {args.crop_size} px, objective {args.objective}, "
-         f"pairs {args.pairs}, tau {args.tau}, head {args.head_dim if 'lead' in args.objective else 0}, "
+         f"pairs {args.pairs}, tau {args.tau}{'' if args.teacher_tau is None else f' (teacher {args.teacher_tau})'}, "
+         f"head {args.head_dim if 'lead' in args.objective else 0}, "
          f"encoder {'trained' if args.unfreeze_encoder else 'frozen'}, lr {args.lr} per 256 images "
          f"({run.lr:.3g} per update of {args.batch_size * args.grad_accum}), seed {args.seed}",
          f"precision: {run.precision_line()}"],

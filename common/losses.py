@@ -55,12 +55,13 @@ def mean_divisor(valid: torch.Tensor) -> torch.Tensor:
 
 
 def lead_loss(f_i: torch.Tensor, f_j: torch.Tensor, h_i: torch.Tensor, h_j: torch.Tensor, tau: float = 0.05,
-              chunk: int | None = None) -> torch.Tensor:
+              chunk: int | None = None, teacher_tau: float | None = None) -> torch.Tensor:
     """LEAD's dense distillation (Sec. 3.3, Eq. 2-3). For each position u of image i, p and q are the softmax
     over the positions k of image j of cos(., .) / tau, from the teacher's hypercolumns h [B, N, C_h] (p, no
     gradient) and from the compact student features f [B, N, C_f] (q); the loss is the cross-entropy
     -sum_k p log q, averaged over B and u. Its minimum, the entropy of p, is where the student's
-    similarities equal the teacher's, whatever C_f.
+    similarities equal the teacher's, whatever C_f. teacher_tau (default: tau, the paper's) divides the
+    teacher's similarities instead: below tau it sharpens p, as DINO's teacher temperature does.
 
     h's similarities are computed in h's dtype (bf16 halves the teacher's cost); the softmaxes and the
     cross-entropy in at least fp32, with autocast off. `chunk` (see auto_chunk) bounds the memory: the rows u
@@ -68,24 +69,25 @@ def lead_loss(f_i: torch.Tensor, f_j: torch.Tensor, h_i: torch.Tensor, h_j: torc
     [B, chunk, N] matrices instead of [B, N, N], for the price of computing each chunk twice (teacher included)."""
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of rows or None, not {chunk}")
+    taus = (tau, tau if teacher_tau is None else teacher_tau)
     batch, n = f_i.shape[:2]
     dtype = torch.promote_types(f_i.dtype, torch.float32)
     with torch.autocast(f_i.device.type, enabled=False):
         f_i, f_j = F.normalize(f_i.to(dtype), dim=-1), F.normalize(f_j.to(dtype), dim=-1)
         h_i, h_j = F.normalize(h_i.detach(), dim=-1), F.normalize(h_j.detach(), dim=-1)
         if chunk is None or chunk >= n:
-            total = _lead_rows(f_i, f_j, h_i, h_j, tau)
+            total = _lead_rows(f_i, f_j, h_i, h_j, *taus)
         else:
-            total = sum(checkpoint(_lead_rows, f_i[:, s:s + chunk], f_j, h_i[:, s:s + chunk], h_j, tau,
+            total = sum(checkpoint(_lead_rows, f_i[:, s:s + chunk], f_j, h_i[:, s:s + chunk], h_j, *taus,
                                    use_reentrant=False) for s in range(0, n, chunk))
     return total / (batch * n)
 
 
 def _lead_rows(f_u: torch.Tensor, f_j: torch.Tensor, h_u: torch.Tensor, h_j: torch.Tensor,
-               tau: float) -> torch.Tensor:
+               tau: float, teacher_tau: float) -> torch.Tensor:
     """lead_loss's cross-entropy summed over the rows u given: f_u [B, n, C_f] against f_j [B, N, C_f], h_u
     [B, n, C_h] against h_j [B, N, C_h], all unit vectors. Builds the [B, n, N] matrices."""
-    sim_h = torch.einsum("buc,bkc->buk", h_u, h_j).to(f_u.dtype).div_(tau)   # h's dtype, then >= fp32
+    sim_h = torch.einsum("buc,bkc->buk", h_u, h_j).to(f_u.dtype).div_(teacher_tau)   # h's dtype, then >= fp32
     p = F.softmax(sim_h, dim=-1)                                              # [B, n, N]
     log_q = F.log_softmax(torch.einsum("buc,bkc->buk", f_u / tau, f_j), dim=-1)
     return -(p * log_q).sum()

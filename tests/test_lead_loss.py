@@ -22,8 +22,8 @@ def softmax_of_cosines(a_i, a_j, tau=TAU):
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def reference(f_i, f_j, h_i, h_j, tau=TAU):
-    p, q = softmax_of_cosines(h_i.detach(), h_j.detach(), tau), softmax_of_cosines(f_i, f_j, tau)
+def reference(f_i, f_j, h_i, h_j, tau=TAU, teacher_tau=TAU):
+    p, q = softmax_of_cosines(h_i.detach(), h_j.detach(), teacher_tau), softmax_of_cosines(f_i, f_j, tau)
     return -(p * torch.log(q)).sum(dim=-1).mean()
 
 
@@ -34,6 +34,14 @@ def test_value_matches_the_equations(one_thread, chunk, dtype):
     loss = lead_loss(f_i, f_j, h_i, h_j, TAU, chunk=chunk)
     assert loss.shape == () and loss.dtype == dtype
     torch.testing.assert_close(loss, reference(f_i, f_j, h_i, h_j), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", (None, 7))
+def test_teacher_temperature_sharpens_only_the_target(one_thread, chunk):
+    f_i, f_j, h_i, h_j = features()
+    loss = lead_loss(f_i, f_j, h_i, h_j, TAU, chunk=chunk, teacher_tau=0.02)
+    torch.testing.assert_close(loss, reference(f_i, f_j, h_i, h_j, TAU, 0.02), rtol=0, atol=1e-8)
+    assert abs(loss - reference(f_i, f_j, h_i, h_j)) > 1e-3       # not the default's value
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
