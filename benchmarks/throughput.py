@@ -68,7 +68,17 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run our step this many times under torch.profiler and print where its time goes")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the device's peak in the step's precision (default: measured on a matrix product)")
+    parser.add_argument("--flags", default="",
+                        help="more flags of the stage's script, as one string (a recipe's: '--objective lead+dve "
+                             "--unfreeze_encoder ...'); they shape our step, the network alone and the baseline")
+    parser.add_argument("--network", action="store_true",
+                        help="stage 2: also time the network alone on the same flags (the teacher's forward, the "
+                             "student's forward and backward through a plain mean, the optimiser) on fixed views: "
+                             "what the step costs beyond it is augmentation, loss and bookkeeping")
     b = parser.parse_args(argv)
+    if b.network and b.stage != 2:
+        parser.error("--network times stage 2's network alone (stage 1's loss is its network's output)")
+    b.flags = b.flags.split()
     b.image_size = b.image_size or round(b.size * 4 / 3)
     return b
 
@@ -138,7 +148,7 @@ def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
     rows = TensorCache(Path("."), {"images": cache.numpy(), "landmarks": np.zeros((n, 0, 2), np.float32),
                                    "visible": np.zeros((n, 0), bool), "identity": np.arange(n),
                                    "rows": np.arange(n)}, {})
-    args = script_args(b, [])
+    args = script_args(b, b.flags)
     if b.stage == 1:
         model, target, opt, sched, total = byol_pretrain.build(args, steps_per_epoch=100)
     else:
@@ -156,6 +166,31 @@ def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
         if b.stage == 1:
             return byol_pretrain.train_step(accelerator, model, target, opt, sched, images, args, i, total)
         return dense_distill.train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk)
+    return step, dev
+
+
+def network_alone(b, teacher: ResNetEncoder):
+    """Stage 2's network on the same flags and fixed views, nothing else: the teacher's forward where the step runs
+    it, the student's forward and backward through a plain mean of its outputs, the optimiser. step(i), device."""
+    accelerator, _ = make_accelerator(b.precision, 1)
+    dev = accelerator.device
+    args = script_args(b, b.flags)
+    model, opt, _, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+    model, opt = accelerator.prepare(model, opt)
+    teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
+    views = torch.rand(2 * b.batch, 3, b.size, b.size, device=dev).contiguous(memory_format=torch.channels_last)
+    needs_teacher = "lead" in args.objective or not args.unfreeze_encoder
+
+    def step(i: int):
+        maps = None
+        with accelerator.autocast(), torch.no_grad():
+            if needs_teacher:
+                maps = teacher.layers(views)
+        with accelerator.autocast():
+            features, f = model(views, maps)
+        accelerator.backward(features.float().mean() + f.float().mean())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return step, dev
 
 
@@ -212,12 +247,12 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
                         persistent_workers=workers > 0)
     batches = forever(loader)
     if b.stage == 1:
-        args = script_args(b, ["--no_channels_last", "--mixed_precision", "no"])
+        args = script_args(b, b.flags + ["--no_channels_last", "--mixed_precision", "no"])
         model, target, opt, _, total = byol_pretrain.build(args, steps_per_epoch=100)
         model, target = model.to(dev).train(), target.to(dev).train()
         pairs = list(zip(*byol_pretrain.ema_pairs(model, target)))
     else:
-        args = script_args(b, ["--mixed_precision", "no"])
+        args = script_args(b, b.flags + ["--mixed_precision", "no"])
         model, opt, _, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
         model = model.to(dev, memory_format=torch.contiguous_format).train()
         teacher = teacher.to(dev, memory_format=torch.contiguous_format).eval().requires_grad_(False)
@@ -261,7 +296,7 @@ def profile(step, steps: int, dev: torch.device, rows: int = 20) -> str:
 def figures(b, seconds: float, flops: int, peak: float, memory: float) -> dict:
     achieved = flops * b.steps / seconds / 1e12
     return {"rate": b.steps * b.batch / seconds, "ms_per_step": seconds / b.steps * 1e3, "tflops": achieved,
-            "peak_tflops": peak, "peak_share": achieved / peak, "memory_gib": memory}
+            "gflops_per_step": flops / 1e9, "peak_tflops": peak, "peak_share": achieved / peak, "memory_gib": memory}
 
 
 def line(name: str, stage: int, f: dict, dev) -> str:
@@ -291,6 +326,13 @@ def measure(b, say=print) -> dict:
     say(line("ours", b.stage, result["ours"], dev))
     if b.profile:
         say(profile(step, b.profile, dev))
+    if b.network:
+        net, _ = network_alone(b, teacher)
+        net_flops = count_flops(net, 0)
+        result["network"] = figures(b, timed(net, b.steps, b.warmup, dev), net_flops, peak, peak_memory_gib(dev))
+        say(line("network", b.stage, result["network"], dev))
+        say(f"ours / network alone: {result['ours']['rate'] / result['network']['rate']:.2f} of its rate; "
+            f"the network is {net_flops / flops:.2f} of our step's FLOPs")
     if not b.baseline:
         return result
     fp32_peak = b.peak_tflops if dtype == torch.float32 else matmul_peak_tflops(dev, torch.float32)

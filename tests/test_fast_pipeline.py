@@ -135,3 +135,22 @@ def test_throughput_benchmark_runs_against_its_baseline(stage, capsys):
     assert "Self CPU" in out and "convolution" in out                  # --profile: where the step's time goes
     flops = float(out.split("model FLOPs per step ")[1].split(" G")[0])
     assert flops > 0
+
+
+def test_throughput_times_the_network_alone_on_the_scripts_flags(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import throughput
+    tiny = ["--stage", "2", "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1", "--images", "8",
+            "--peak_tflops", "1", "--network"]
+    frozen = throughput.main(tiny)
+    trained = throughput.main(tiny + ["--flags", "--objective lead+dve --dve_channels 8 --unfreeze_encoder "
+                                                 "--keep_frozen 1"])
+    assert "ours / network alone:" in capsys.readouterr().out
+    for got in (frozen, trained):               # the loss is compute the network alone does not do
+        assert 0 < got["network"]["gflops_per_step"] < got["ours"]["gflops_per_step"]
+    # the flags reach both steps: a trained encoder adds its backward to each
+    assert trained["network"]["gflops_per_step"] > 1.5 * frozen["network"]["gflops_per_step"]
+    assert trained["ours"]["gflops_per_step"] > frozen["ours"]["gflops_per_step"]
+    with pytest.raises(SystemExit):
+        throughput.main(["--stage", "1", "--network"])
+    assert "--network times stage 2" in capsys.readouterr().err
