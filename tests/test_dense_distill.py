@@ -90,9 +90,9 @@ def test_teacher_similarities_stay_bf16_under_mixed_precision(cache_dir, tmp_pat
     # Accelerate casts a prepared model's outputs to fp32; the teacher runs outside it, so h stays bf16
     seen = []
 
-    def spy(f_i, f_j, h_i, h_j, tau, chunk):
+    def spy(f_i, f_j, h_i, h_j, *rest):
         seen.append((f_i.dtype, h_i.dtype))
-        return lead_loss(f_i, f_j, h_i, h_j, tau, chunk)
+        return lead_loss(f_i, f_j, h_i, h_j, *rest)
 
     from accelerate.state import AcceleratorState
     monkeypatch.setattr(dense_distill, "lead_loss", spy)
