@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 
 import torch
 import torch.nn as nn
@@ -20,18 +19,19 @@ import torch.nn.functional as F
 from accelerate.utils import gather
 from einops import rearrange
 
-from common.augment import make_views, view_configs, view_correspondence
-from common.cli import HelpWithDefaults, at_least, data_args, run_args, run_cli, schedule_args, view_args
+from common.views import make_views, view_configs, view_correspondence
+from common.cli import (HelpWithDefaults, at_least, data_args, flag_defaults, from_flags, run_args, run_cli,
+                        schedule_args, view_args)
+from common.data import DataSpec
 from common.errors import UserError
 from common.hub import HubTarget, data_line
 from common.hub import model_card as hub_card
 from common.losses import byol_loss, dve_views, info_nce, mean_divisor, pixel_loss
 from common.models import ARCHS, ConvHead, MLPHead, ResNetEncoder, dense_grid
-from common.optim import LARS, effective_lr, ema_momentum, ema_update, lars_groups, warmup_cosine
-from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import Run, eval_mode, freeze_batchnorm
+from common.optim import LARS, ema_momentum, ema_update, lars_groups
+from common.probe import probe_table
+from common.training import Run, RunSpec
 
-logger = logging.getLogger("lead")
 OBJECTIVES = ("byol", "pixel", "byol+pixel", "moco")
 
 
@@ -75,9 +75,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "encoder's, constant (0.999)")
     g.add_argument("--no_channels_last", action="store_true",
                    help="keep NCHW tensors (channels-last is faster for convolutions on CPUs and GPUs)")
-    g.add_argument("--bn_eval", action="store_true",
-                   help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
-                        "runs with different numbers of processes exactly)")
     g.add_argument("--eval_every", type=float, default=None,
                    help="also run the probe every this many epochs (default: only at the end, where it always runs)")
     view_args(parser)
@@ -183,7 +180,8 @@ def new_encoder(args) -> ResNetEncoder:
                          input_size=args.crop_size)
 
 
-def build(args, steps_per_epoch: int):
+def build(args, lr: float):
+    """The online model, its EMA target and the optimiser at learning rate `lr` (the run's effective lr)."""
     torch.manual_seed(args.seed)
     encoder = new_encoder(args)
     model = BYOL(encoder, args.proj_hidden, args.proj_dim, args.objective, args.dense_grid, args.dense_weight,
@@ -191,7 +189,6 @@ def build(args, steps_per_epoch: int):
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     target = model.make_target()
-    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
     if args.optimizer == "sgd":                                  # fused: one kernel over all parameters
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                               fused=True)
@@ -199,10 +196,7 @@ def build(args, steps_per_epoch: int):
         opt = LARS(lars_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay, fused=True)
-    total = args.max_steps or args.epochs * steps_per_epoch
-    warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
-    return model, target, opt, sched, total
+    return model, target, opt
 
 
 def train_step(accelerator, model, target, opt, sched, images, args, step, total):
@@ -224,27 +218,19 @@ def train_step(accelerator, model, target, opt, sched, images, args, step, total
 
 
 def probe(args, run: Run, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str | None]:
-    """Matching on labelled validation faces (common.probe.probe_data says which): trained vs. the same network
-    untrained (measured once into `baseline`, since it does not change during training). ({}, None) when off or
-    failed."""
-    if not args.probe_pairs or not run.accelerator.is_main_process:
-        return {}, None
-    return guarded(_probe, args, run, encoder, baseline) or ({}, None)
-
-
-def _probe(args, run: Run, encoder: ResNetEncoder, baseline: dict) -> tuple[dict, str]:
-    cache, what = probe_data(run.data)
-    device = run.accelerator.device
-    nets = {"trained": encoder}
-    if not baseline:
-        torch.manual_seed(args.seed)
-        nets["random"] = new_encoder(args).eval().to(device)
-    with eval_mode(encoder):
-        out = probe_all({name: (lambda x, net=net: net.hypercolumn(x.to(device)).float().cpu())
-                         for name, net in nets.items()}, cache, args.crop_size, args.probe_pairs, args.seed)
-    baseline.update({k: v for k, v in out.items() if k == "random"})
-    out = {**out, "random": baseline["random"]}
-    logger.info("%s, on %s", probe_line(out), what)
+    """The run's matching probe (Run.probe): trained vs. the same network untrained (measured once into
+    `baseline`, since it does not change during training)."""
+    def extractors():
+        nets = {"trained": encoder}
+        if not baseline:
+            torch.manual_seed(args.seed)
+            nets["random"] = new_encoder(args).eval().to(run.accelerator.device)
+        return {name: (lambda x, net=net: net.hypercolumn(x.to(run.accelerator.device)).float().cpu())
+                for name, net in nets.items()}
+    out, what = run.probe(extractors, args.crop_size, encoder)
+    if out:
+        baseline.setdefault("random", out.get("random"))
+        out = {**out, "random": baseline["random"]}
     return out, what
 
 
@@ -272,23 +258,25 @@ def main(args) -> dict:
         raise UserError(f"--dve_weight adds a term on the dense projections: it needs --objective pixel or "
                         f"byol+pixel, got {args.objective}")
     hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-byol")
-    run = Run(vars(args), get_args_parser(), "lead-byol", hub)
-    accelerator, cache = run.accelerator, run.cache
-    model, target, opt, sched, total = build(args, len(cache) // args.batch_size)
+    flags = vars(args)
+    run = Run(from_flags(RunSpec, flags), from_flags(DataSpec, flags), "lead-byol", hub, flags,
+              flag_defaults(get_args_parser(), flags))
+    accelerator, total = run.accelerator, run.total
+    model, target, opt = build(args, run.lr)
+    sched = run.scheduler(opt)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     target.to(accelerator.device).train()
-    if args.bn_eval:
-        freeze_batchnorm(model, target)
+    run.freeze_batchnorm(model, target)
     baseline = {}                                               # the untrained network's probe, measured once
 
     def probe_now():
         return probe(args, run, accelerator.unwrap_model(model).encoder, baseline)
 
-    every = max(1, round(args.eval_every * (len(cache) // args.batch_size))) if args.eval_every else 0  # steps
+    every = max(1, round(args.eval_every * run.steps_per_epoch)) if args.eval_every else 0     # in steps
     step = run.train(lambda images, i: train_step(accelerator, model, target, opt, sched, images, args, i, total),
-                     total, {"model": model, "target": target}, opt, sched,
+                     {"model": model, "target": target}, opt, sched,
                      rate="pairs_per_s", probe=probe_now, probe_every=every)
     if step < total:
         return {"step": step}

@@ -14,26 +14,25 @@ config.json, model.safetensors, README.md), checkpoints/, args.json and metrics.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from common.augment import make_views, view_configs
-from common.cli import HelpWithDefaults, at_least, data_args, run_args, run_cli, schedule_args, view_args
+from common.views import make_views, view_configs
+from common.cli import (HelpWithDefaults, at_least, data_args, flag_defaults, from_flags, run_args, run_cli,
+                        schedule_args, view_args)
+from common.data import DataSpec
 from common.errors import UserError
 from common.features import check_source, load_model
 from common.hub import HubTarget, data_line
 from common.hub import model_card as hub_card
 from common.losses import auto_chunk, cl_loss, dve_views, lead_loss
 from common.models import ConvHead, DenseExtractor, ResNetEncoder
-from common.optim import effective_lr, warmup_cosine
-from common.probe import guarded, probe_all, probe_data, probe_line, probe_table
-from common.training import Run, eval_mode, freeze_batchnorm
+from common.probe import probe_table
+from common.training import Run, RunSpec
 
-logger = logging.getLogger("lead")
 PAIRS = ("views", "cross", "both")
 OBJECTIVES = ("lead", "dve", "lead+dve", "cl")
 
@@ -55,9 +54,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep_frozen", type=int, default=0, choices=range(5),
                    help="with --unfreeze_encoder, the first N stages stay frozen (default 0; 1: the stem, 2: and "
                         "layer 1, ...)")
-    g.add_argument("--bn_eval", action="store_true",
-                   help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
-                        "runs with different numbers of processes exactly)")
     g = parser.add_argument_group("Loss")
     g.add_argument("--objective", default="lead", choices=OBJECTIVES,
                    help="lead (default): the paper's distillation; dve: DVE's equivariance through an auxiliary image "
@@ -156,7 +152,9 @@ def pair_loss(f: torch.Tensor, h: torch.Tensor, pairs: str, tau: float, chunk,
     return views + cross if pairs != "both" else (views + cross) / 2
 
 
-def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
+def build(args, teacher: ResNetEncoder, lr: float):
+    """The student (its encoder a copy of the teacher's) with its loss heads, and AdamW at learning rate `lr`
+    (the run's effective lr) on what it trains."""
     torch.manual_seed(args.seed)
     softmax = args.cl_softmax if args.objective == "cl" else 0.0          # ContrastLandmark's heatmap channels
     student = DenseExtractor(teacher.arch, args.feature_dim, args.fpn_width, last_stride=teacher.last_stride,
@@ -167,12 +165,7 @@ def build(args, teacher: ResNetEncoder, steps_per_epoch: int):
     model = Distiller(student, head_dim, args.keep_frozen if args.unfreeze_encoder else 5, args.dve_channels)
     model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = effective_lr(args.lr, args.batch_size, args.grad_accum)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay, fused=True)
-    total = args.max_steps or args.epochs * steps_per_epoch
-    warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
-    return model, opt, sched, total
+    return model, torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay, fused=True)
 
 
 def train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk):
@@ -205,24 +198,12 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
 
 
 def probe(args, run: Run, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str | None]:
-    """Matching on labelled validation faces (common.probe.probe_data says which): the compact features vs. the
-    teacher's hypercolumn. ({}, None) when off or failed."""
-    if not args.probe_pairs or not run.accelerator.is_main_process:
-        return {}, None
-    return guarded(_probe, args, run, student, teacher) or ({}, None)
-
-
-def _probe(args, run: Run, student: DenseExtractor, teacher: ResNetEncoder) -> tuple[dict, str]:
-    cache, what = probe_data(run.data)
+    """The run's matching probe (Run.probe): the compact features vs. the teacher's hypercolumn."""
     dev = run.accelerator.device
-    with eval_mode(student):
-        name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
-        out = probe_all({name: lambda x: student(x.to(dev)).float().cpu(),
-                         f"hypercolumn-{teacher.hypercolumn_dim}":
-                             lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()},
-                        cache, args.crop_size, args.probe_pairs, args.seed)
-    logger.info("%s, on %s", probe_line(out), what)
-    return out, what
+    name = f"{'cl' if args.objective == 'cl' and args.cl_softmax else 'lead'}-{args.feature_dim}"   # as load_model
+    return run.probe(lambda: {name: lambda x: student(x.to(dev)).float().cpu(),
+                              f"hypercolumn-{teacher.hypercolumn_dim}":
+                                  lambda x: teacher.hypercolumn(x.to(dev)).float().cpu()}, args.crop_size, student)
 
 
 def model_card(args, run: Run, teacher: ResNetEncoder, probe_result: dict, probe_on: str | None,
@@ -265,24 +246,26 @@ def main(args) -> dict:
     hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-64")
     check_args(args)
     teacher = load_teacher(args.init_from)
-    run = Run(vars(args), get_args_parser(), "lead-distill", hub)
-    accelerator, cache = run.accelerator, run.cache
+    flags = vars(args)
+    run = Run(from_flags(RunSpec, flags), from_flags(DataSpec, flags), "lead-distill", hub, flags,
+              flag_defaults(get_args_parser(), flags))
+    accelerator = run.accelerator
     local = args.batch_size // accelerator.num_processes
     if (args.pairs != "views" or "dve" in args.objective) and local < 2:
         what = f"--objective {args.objective}" if "dve" in args.objective else f"--pairs {args.pairs}"
         raise UserError(f"{what} pairs images within a process's batch: it needs 2 or more per process")
-    model, opt, sched, total = build(args, teacher, len(cache) // args.batch_size)
+    model, opt = build(args, teacher, run.lr)
+    sched = run.scheduler(opt)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)          # the projection head's BatchNorm
     model, opt, sched = accelerator.prepare(model, opt, sched)
     teacher = teacher.to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
-    if args.bn_eval:
-        freeze_batchnorm(model)
+    run.freeze_batchnorm(model)
     n = math.ceil(args.crop_size / 4) ** 2                               # positions of the stride-4 map
     chunk = int(args.chunk) if args.chunk.isdigit() else auto_chunk(local, n) if args.chunk == "auto" else None
     step = run.train(lambda images, i: train_step(accelerator, model, teacher, opt, sched, images, args, i, chunk),
-                     total, {"model": model}, opt, sched, rate="images_per_s")
-    if step < total:
+                     {"model": model}, opt, sched, rate="images_per_s")
+    if step < run.total:
         return {"step": step}
     student = accelerator.unwrap_model(model).student
     return run.finish(student, lambda result, on: model_card(args, run, teacher, result, on, step),

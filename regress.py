@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from common.cli import HelpWithDefaults, at_least, data_args, from_flags, hub_args, pick_device, run_cli, zoom_range
+from common.cli import (HelpWithDefaults, at_least, data_args, flag_defaults, from_flags, hub_args, pick_device,
+                        run_cli, zoom_range)
 from common.data import DataSpec, describe
 from common.detect import DEFAULT as DEFAULT_DETECTOR, DETECTORS
 from common.errors import UserError
@@ -284,7 +285,8 @@ def check_args(args) -> tuple[HubTarget, Protocol]:
         if (out / "args.json").is_file() and "input" not in json.loads((out / "args.json").read_text()):
             raise UserError(f"{out} was begun before --protocol (its crops were resized twice and points outside them "
                             "left out): use a new --output_dir, or --overwrite")
-        check_resume_args(flags(args, protocol), out, ALSO_FREE_ON_RESUME, get_args_parser())
+        now = flags(args, protocol)
+        check_resume_args(now, out, ALSO_FREE_ON_RESUME, flag_defaults(get_args_parser(), now))
     return hub, protocol
 
 

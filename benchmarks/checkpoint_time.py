@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import byol_pretrain  # noqa: E402
 from common.checkpoint import load_state, save_state  # noqa: E402
+from common.optim import warmup_cosine_schedule  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +31,8 @@ def main() -> None:
     cli = parser.parse_args()
     args = byol_pretrain.get_args_parser().parse_args(["--arch", cli.arch, "--optimizer", cli.optimizer,
                                                        "--batch_size", "4", "--crop_size", "64"])
-    model, target, opt, sched, _ = byol_pretrain.build(args, 100)
+    model, target, opt = byol_pretrain.build(args, 1e-3)
+    sched = warmup_cosine_schedule(opt, 2, 10)
     loss = model(torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64), target)   # one step: optimiser buffers
     loss.backward()
     opt.step()

@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import byol_pretrain  # noqa: E402
 import dense_distill  # noqa: E402
-from common.augment import ViewConfig, view_configs  # noqa: E402
+from common.views import ViewConfig, view_configs  # noqa: E402
 from common.data.cache import TensorCache  # noqa: E402
 from common.data.synthetic import SyntheticSpec, render_uint8, sample_params  # noqa: E402
 from common.losses import auto_chunk  # noqa: E402
 from common.models import ResNetEncoder  # noqa: E402
+from common.optim import effective_lr, schedule_steps, warmup_cosine_schedule  # noqa: E402
 from common.precision import PRECISIONS, device_type, run_precision  # noqa: E402
 from common.training import local_batch, make_accelerator  # noqa: E402
 
@@ -139,6 +140,10 @@ def script_args(b, extra: list[str]):
          "--mixed_precision", b.precision] + extra)
 
 
+def script_lr(args) -> float:
+    return effective_lr(args.lr, args.batch_size, args.grad_accum)
+
+
 def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
     """The step the stage's script runs, fed as its loop feeds it (common.training.local_batch on a tensor
     cache held in memory). Returns step(i) and the device."""
@@ -150,11 +155,13 @@ def ours(b, cache: torch.Tensor, teacher: ResNetEncoder | None):
                                    "rows": np.arange(n)}, {})
     args = script_args(b, b.flags)
     if b.stage == 1:
-        model, target, opt, sched, total = byol_pretrain.build(args, steps_per_epoch=100)
+        model, target, opt = byol_pretrain.build(args, script_lr(args))
     else:
-        model, opt, sched, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+        model, opt = dense_distill.build(args, teacher, script_lr(args))
         teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
         chunk = auto_chunk(2 * b.batch, (b.size // 4) ** 2)
+    total, warmup = schedule_steps(args.max_steps, args.epochs, args.warmup_epochs, 100)
+    sched = warmup_cosine_schedule(opt, warmup, total)
     if b.compile:
         model = torch.compile(model)
     model, opt, sched = accelerator.prepare(model, opt, sched)
@@ -175,7 +182,7 @@ def network_alone(b, teacher: ResNetEncoder):
     accelerator, _ = make_accelerator(b.precision, 1)
     dev = accelerator.device
     args = script_args(b, b.flags)
-    model, opt, _, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+    model, opt = dense_distill.build(args, teacher, script_lr(args))
     model, opt = accelerator.prepare(model, opt)
     teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     views = torch.rand(2 * b.batch, 3, b.size, b.size, device=dev).contiguous(memory_format=torch.channels_last)
@@ -248,12 +255,13 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
     batches = forever(loader)
     if b.stage == 1:
         args = script_args(b, b.flags + ["--no_channels_last", "--mixed_precision", "no"])
-        model, target, opt, _, total = byol_pretrain.build(args, steps_per_epoch=100)
+        model, target, opt = byol_pretrain.build(args, script_lr(args))
+        total = args.max_steps
         model, target = model.to(dev).train(), target.to(dev).train()
         pairs = list(zip(*byol_pretrain.ema_pairs(model, target)))
     else:
         args = script_args(b, b.flags + ["--mixed_precision", "no"])
-        model, opt, _, _ = dense_distill.build(args, teacher, steps_per_epoch=100)
+        model, opt = dense_distill.build(args, teacher, script_lr(args))
         model = model.to(dev, memory_format=torch.contiguous_format).train()
         teacher = teacher.to(dev, memory_format=torch.contiguous_format).eval().requires_grad_(False)
         chunk = auto_chunk(2 * b.batch, (b.size // 4) ** 2)

@@ -1,13 +1,16 @@
-"""Training state on disk without pickle: tensors in safetensors, everything else in JSON.
+"""Training state on disk without pickle: tensors in safetensors, everything else in JSON, and a run's
+checkpoints/ folder of them.
 
-A checkpoint folder holds, for each named module, NAME.safetensors (its state_dict); optimizer.safetensors
-and optimizer.json (the optimizer's per-parameter tensors, and its scalars and parameter groups);
-scheduler.json; and state.json (the step and whatever the caller adds). Loading reads tensors and JSON
-only, so a checkpoint from anywhere can never run code (torch.load's pickle can).
+A checkpoint folder (OUTPUT/checkpoints/step_N) holds, for each named module, NAME.safetensors (its
+state_dict); optimizer.safetensors and optimizer.json (the optimizer's per-parameter tensors, and its scalars and
+parameter groups); scheduler.json; and state.json (the step and whatever the caller adds). Loading reads tensors
+and JSON only, so a checkpoint from anywhere can never run code (torch.load's pickle can).
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -65,3 +68,37 @@ def _match_layouts(optimizer) -> None:
             for name, value in state.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
                     state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a half-written one has a temporary name)."""
+    found = [p for p in (out / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(accelerator, out: Path, step: int, keep: int, modules: dict, opt, sched) -> None:
+    """The training state after `step` steps (common.checkpoint: safetensors and JSON, no pickle), written by the
+    main process to a temporary folder, then renamed into place: a kill during the write never leaves a
+    'latest' that is half written. The newest `keep` are kept."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp, final = out / "checkpoints" / f".tmp_step_{step}", out / "checkpoints" / f"step_{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = {"step": step}
+        if accelerator.scaler is not None:                     # fp16's loss scale
+            state["scaler"] = accelerator.scaler.state_dict()
+        save_state(tmp, {k: accelerator.unwrap_model(m) for k, m in modules.items()}, opt, sched, state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, out: Path, modules: dict, opt, sched) -> int:
+    """Restore the newest finished checkpoint of `out` into modules, optimizer and scheduler; its step."""
+    state = load_state(checkpoint_dirs(out)[-1], {k: accelerator.unwrap_model(m) for k, m in modules.items()},
+                       opt, sched, accelerator.device)
+    if "scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    return int(state["step"])

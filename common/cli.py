@@ -30,6 +30,14 @@ class HelpWithDefaults(argparse.HelpFormatter):
         return f"{text} (default {shown.replace('%', '%%')})"
 
 
+TRACKERS = ("none", "tensorboard", "wandb")         # --report_to: Accelerate's trackers we name
+
+
+def flag_defaults(parser: argparse.ArgumentParser, flags: Mapping) -> dict:
+    """Each flag's default in `parser`: what --resume allows a flag added since a run began to be."""
+    return {k: parser.get_default(k) for k in flags}
+
+
 def from_flags(spec_type, flags: Mapping):
     """The frozen dataclass `spec_type` from parsed flags (vars(args)): its fields by name, lists as tuples; other
     flags are the script's own."""
@@ -107,7 +115,6 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
     """The flags every training stage shares (common.training.RunSpec holds their values): output folder, resume,
     precision, logging, checkpoints, Hub."""
     from .precision import PRECISIONS
-    from .training import TRACKERS
 
     parser = argparse.ArgumentParser(add_help=False)
     g = parser.add_argument_group("Run")
@@ -133,6 +140,9 @@ def run_args(output_dir: str) -> argparse.ArgumentParser:
                         "continue with --resume (default: run to the end)")
     g.add_argument("--probe_pairs", type=int, default=100,
                    help="pairs of each kind for the matching probe (default 100; 0: off)")
+    g.add_argument("--bn_eval", action="store_true",
+                   help="keep BatchNorm on its running statistics (for tiny per-process batches, and to compare "
+                        "runs with different numbers of processes exactly)")
     hub_args(parser)
     return parser
 

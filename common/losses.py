@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from common.augment import cell_centres, view_correspondence
+from common.views import cell_centres, view_correspondence
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Optimisation, one rule for every stage: the learning rate from a base rate per 256 images, the warm-up and
-cosine schedule, BYOL's EMA target and the LARS optimiser."""
+"""Optimisation, one rule for every stage: the learning rate from a base rate per 256 images, the steps and the
+warm-up and cosine schedule (common.training.Run builds them once for a stage), BYOL's EMA target and the LARS
+optimiser."""
 from __future__ import annotations
 
 import math
@@ -14,6 +15,18 @@ def effective_lr(base_lr: float, batch_size: int, grad_accum: int = 1) -> float:
     """MAE's linear scaling rule: the base rate is for 256 images per update; an update sees the global batch of
     every accumulated step."""
     return base_lr * batch_size * grad_accum / 256
+
+
+def schedule_steps(max_steps: int | None, epochs: int, warmup_epochs: float, steps_per_epoch: int) -> tuple[int, int]:
+    """(total, warm-up) steps of a run: --max_steps, else --epochs of `steps_per_epoch`; the warm-up is
+    --warmup_epochs of them, at most half the run."""
+    total = max_steps or epochs * steps_per_epoch
+    return total, min(int(warmup_epochs * steps_per_epoch), total // 2)
+
+
+def warmup_cosine_schedule(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Every stage's schedule: the lr of each of opt's groups times warmup_cosine(step), stepped once per step."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

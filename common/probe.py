@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import warped_pairs
+from .warps import warped_pairs
 from .metrics import inter_ocular, match
 
 if TYPE_CHECKING:

@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_state, save_state
-from .cli import from_flags
+from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .data import DataSpec, load_tensors
 from .errors import UserError
 from .hub import HubTarget
-from .optim import effective_lr
+from .optim import effective_lr, schedule_steps, warmup_cosine_schedule
 from .precision import device_type, precision_name, run_precision
-
-
-TRACKERS = ("none", "tensorboard", "wandb")
+from .probe import guarded, probe_all, probe_data, probe_line
 
 
 @contextlib.contextmanager
@@ -120,18 +117,19 @@ RUN_FREE_ON_RESUME = {"exit_after_steps", "log_every", "checkpoint_every", "chec
                       "probe_pairs", "eval_every", "mixed_precision", "precision", "precision_reason"}
 
 
-def check_resume_args(flags: dict, out: Path, also_free: set = frozenset(), parser=None) -> None:
+def check_resume_args(flags: dict, out: Path, also_free: set = frozenset(), defaults: dict | None = None) -> None:
     """--resume continues the run of `out` with its own settings: another value of a flag that changes the
     result (a model from another architecture, other data, another schedule) is a one-line error, before
     anything is loaded or written. A flag added to the scripts since that run began (absent from its args.json)
-    may keep its default (`parser`'s) or an off value. FREE_ON_RESUME and `also_free` (the script's) may change."""
+    may keep its default (`defaults`, common.cli.flag_defaults) or an off value. FREE_ON_RESUME and `also_free`
+    (the script's) may change."""
     if not (out / "args.json").is_file():
         raise UserError(f"{out}: nothing to resume (no args.json)")
     before = json.loads((out / "args.json").read_text())
     now = json.loads(json.dumps(flags, default=str))
 
     def default(k):
-        return json.loads(json.dumps(parser.get_default(k), default=str)) if parser is not None else None
+        return json.loads(json.dumps((defaults or {}).get(k), default=str))
     added = {k for k in now.keys() - before.keys() if now[k] in (None, False, [], 0, "", default(k))}
     # effective_lr follows from checked flags (named instead); a run that did not record it began before the rule,
     # and may have trained at another rate
@@ -147,40 +145,6 @@ def check_resume_args(flags: dict, out: Path, also_free: set = frozenset(), pars
 def save_args(flags: dict, out: Path) -> None:
     """args.json: the run's flags (vars(args)), what it derived from them (precision, effective lr) and its argv."""
     (out / "args.json").write_text(json.dumps({**flags, "argv": sys.argv}, indent=1, default=str))
-
-
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (a half-written one has a temporary name)."""
-    found = [p for p in (out / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def save_checkpoint(accelerator, out: Path, step: int, keep: int, modules: dict, opt, sched) -> None:
-    """The training state after `step` steps (common.checkpoint: safetensors and JSON, no pickle), written by the
-    main process to a temporary folder, then renamed into place: a kill during the write never leaves a
-    'latest' that is half written. The newest `keep` are kept."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp, final = out / "checkpoints" / f".tmp_step_{step}", out / "checkpoints" / f"step_{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        state = {"step": step}
-        if accelerator.scaler is not None:                     # fp16's loss scale
-            state["scaler"] = accelerator.scaler.state_dict()
-        save_state(tmp, {k: accelerator.unwrap_model(m) for k, m in modules.items()}, opt, sched, state)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(accelerator, out: Path, modules: dict, opt, sched) -> int:
-    """Restore the newest finished checkpoint of `out` into modules, optimizer and scheduler; its step."""
-    state = load_state(checkpoint_dirs(out)[-1], {k: accelerator.unwrap_model(m) for k, m in modules.items()},
-                       opt, sched, accelerator.device)
-    if "scaler" in state and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    return int(state["step"])
 
 
 class FiniteGuard:
@@ -209,6 +173,10 @@ class RunSpec:
     output_dir: str
     lr: float
     batch_size: int
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_epochs: float = 0.0
+    bn_eval: bool = False
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -223,56 +191,89 @@ class RunSpec:
 
 
 class Run:
-    """The run contract of the training stages, in one place: the effective lr, the precision,
-    the output folder (--resume, --overwrite), the pretraining images, args.json, the steps with their guard,
-    logs, periodic probe and checkpoints, then final/ with its model card and upload. A stage builds its model
-    between Run(...) and train(), and passes its step function:
+    """The run contract of the training stages, in one place: the effective lr and the schedule's steps, the
+    precision, the output folder (--resume, --overwrite), the pretraining images, args.json, the steps with their
+    guard, logs, periodic probe and checkpoints, then final/ with its model card and upload. It takes specs, not
+    flags (common.cli converts them). A stage builds its model between Run(...) and train(), and passes its step
+    function:
 
-        hub = HubTarget.from_flags(args.push_to_hub, args.hub_model_id, args.hub_private, "lead-byol")
-        run = Run(vars(args), get_args_parser(), "lead-byol", hub)
-        ...  build the model on run.cache, with run.lr; accelerator.prepare(...)
-        step = run.train(step_fn, total, {"model": model}, opt, sched)
-        if step == total:
+        flags = vars(args)
+        run = Run(from_flags(RunSpec, flags), from_flags(DataSpec, flags), "lead-byol", hub, flags,
+                  flag_defaults(get_args_parser(), flags))
+        ...  build the model on run.cache, with run.lr; sched = run.scheduler(opt); accelerator.prepare(...)
+        step = run.train(step_fn, {"model": model}, opt, sched)
+        if step == run.total:
             result = run.finish(model, card, probe, "LEAD stage 1")
-    """
 
-    def __init__(self, flags: dict, parser, project: str, hub: HubTarget):
+    `record` (the flags) goes to args.json, and a resumed run's record must agree with it (check_resume_args,
+    with `defaults` for flags added since)."""
+
+    def __init__(self, spec: RunSpec, data: DataSpec, project: str, hub: HubTarget, record: dict,
+                 defaults: dict | None = None):
         from accelerate.utils import set_seed                           # accelerate: imported when a run starts
 
-        spec = self.spec = from_flags(RunSpec, flags)
-        self.project, self.out = project, Path(spec.output_dir)
+        self.spec, self.data, self.project, self.out = spec, data, project, Path(spec.output_dir)
         self.hub = hub                                                     # checked by the caller, first
         self.lr = effective_lr(spec.lr, spec.batch_size, spec.grad_accum)
         self.accelerator, self.precision_reason = make_accelerator(
             spec.mixed_precision, spec.grad_accum, spec.report_to, self.out, resumed=self.out if spec.resume else None)
         self.precision = self.accelerator.mixed_precision                  # what auto chose
-        self.flags = {**flags, "effective_lr": self.lr, "precision": self.precision,
+        self.flags = {**record, "effective_lr": self.lr, "precision": self.precision,
                       "precision_reason": self.precision_reason}
         prepare_output(self.out, spec.resume, spec.overwrite, self.accelerator.is_main_process)
         if spec.resume:
-            check_resume_args(self.flags, self.out, RUN_FREE_ON_RESUME, parser)
+            check_resume_args(self.flags, self.out, RUN_FREE_ON_RESUME, defaults)
         self.accelerator.wait_for_everyone()
         set_seed(spec.seed)
-        self.data = from_flags(DataSpec, flags)                            # also the probe's and the card's
         with self.accelerator.main_process_first():
-            self.cache = load_tensors(self.data, "pretrain")
+            self.cache = load_tensors(data, "pretrain")
         check_batch(spec.batch_size, self.accelerator.num_processes, len(self.cache))
-        logging.getLogger("lead").info("lr: %g per 256 images, %g for the update of %d images", spec.lr, self.lr,
-                                       spec.batch_size * spec.grad_accum)
-        self.report = self.step = self.total = None
+        self.steps_per_epoch = len(self.cache) // spec.batch_size
+        self.total, self.warmup = schedule_steps(spec.max_steps, spec.epochs, spec.warmup_epochs, self.steps_per_epoch)
+        logging.getLogger("lead").info("lr: %g per 256 images, %g for the update of %d images; %d steps, %d of "
+                                       "warm-up", spec.lr, self.lr, spec.batch_size * spec.grad_accum, self.total,
+                                       self.warmup)
+        self.report = self.step = None
+
+    def scheduler(self, opt):
+        """The run's learning-rate schedule on `opt` (common.optim.warmup_cosine_schedule)."""
+        return warmup_cosine_schedule(opt, self.warmup, self.total)
+
+    def probe(self, extractors, size: int, *modules: torch.nn.Module) -> tuple[dict, str | None]:
+        """The matching probe (common.probe.probe_all at --probe_pairs) on labelled validation faces
+        (common.probe.probe_data says which) of extractors() (name -> images in [0, 1] -> feature maps), with
+        `modules` in eval mode; (figures, what data), or ({}, None) when off, on other processes or failed: a probe
+        is a diagnostic, and never costs a run its weights or its end."""
+        if not self.spec.probe_pairs or not self.accelerator.is_main_process:
+            return {}, None
+        return guarded(self._probe, extractors, size, modules) or ({}, None)
+
+    def _probe(self, extractors, size: int, modules) -> tuple[dict, str]:
+        cache, what = probe_data(self.data)
+        with contextlib.ExitStack() as stack:
+            for m in modules:
+                stack.enter_context(eval_mode(m))
+            out = probe_all(extractors(), cache, size, self.spec.probe_pairs, self.spec.seed)
+        logging.getLogger("lead").info("%s, on %s", probe_line(out), what)
+        return out, what
+
+    def freeze_batchnorm(self, *modules: torch.nn.Module) -> None:
+        """--bn_eval: every BatchNorm layer of `modules` on its running statistics; nothing without it."""
+        if self.spec.bn_eval:
+            freeze_batchnorm(*modules)
 
     def precision_line(self) -> str:
         """The precision the run trains in and why, for its model card."""
         return f"{precision_name(self.precision)} ({self.precision_reason})"
 
-    def train(self, step_fn, total: int, state: dict, opt, sched, rate: str = "images_per_s", probe=None,
+    def train(self, step_fn, state: dict, opt, sched, rate: str = "images_per_s", probe=None,
               probe_every: int = 0) -> int:
-        """Steps from the newest checkpoint (--resume) or 0 up to `total` (or --exit_after_steps more); the step
+        """Steps from the newest checkpoint (--resume) or 0 up to run.total (or --exit_after_steps more); the step
         reached. step_fn(images, step) -> the step's loss (a device scalar) runs one step on this process's share
         of the global batch (uint8 [B/processes, 3, S, S]); `state` (modules by name), opt and sched are what a
         checkpoint holds; `rate` names the throughput logged (images or pairs of views per second); probe() ->
         (figures, what data) runs every `probe_every` steps besides the end (0: only at the end)."""
-        acc, spec, out, batch_size = self.accelerator, self.spec, self.out, self.spec.batch_size
+        acc, spec, out, batch_size, total = self.accelerator, self.spec, self.out, self.spec.batch_size, self.total
         step = load_checkpoint(acc, out, state, opt, sched) if spec.resume else 0
         if not spec.resume and acc.is_main_process:
             save_args(self.flags, out)
@@ -297,7 +298,7 @@ class Run:
             if step % spec.checkpoint_every == 0 or step == stop:
                 guard.check(acc, out)
                 save_checkpoint(acc, out, step, spec.checkpoints_total_limit, state, opt, sched)
-        self.step, self.total = step, total
+        self.step = step
         if step < total:
             self.report.close()
             logging.getLogger("lead").info("stopped after step %d of %d; continue with --resume", step, total)

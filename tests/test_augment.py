@@ -1,4 +1,4 @@
-"""Thin-plate-spline warps and BYOL's colour ops (common/augment.py).
+"""Thin-plate-spline warps (common/warps.py) and BYOL's colour ops (common/views.py).
 
 Expectations are worked out independently of the code under test: exact interpolation of the control
 points, W(W^-1(x)) = x, a float64 least-squares affine fit where the warp must be affine, bilinear
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from common.augment import (TPS, VIEW1, VIEW2, adjust_hue, colour, colour_jitter, grey, random_tps, solve_tps,
-                            view_params)
+from common.views import VIEW1, VIEW2, adjust_hue, colour, colour_jitter, grey, view_params
+from common.warps import TPS, random_tps, solve_tps
 
 S = 64
 NO_WARP = dict(jitter=0.0, rotate_deg=0.0, scale=0.0, shift=0.0)

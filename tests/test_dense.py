@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import byol_pretrain
-from common.augment import ViewConfig, byol_views, cell_centres, crop_theta, view_correspondence, view_params
+from common.views import ViewConfig, byol_views, cell_centres, crop_theta, view_correspondence, view_params
 from common.errors import UserError
 from common.losses import dve_loss, dve_views, pixel_loss
 from common.models import ResNetEncoder, dense_grid

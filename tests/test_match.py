@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import match
-from common.augment import warped_pairs
+from common.warps import warped_pairs
 from common.errors import UserError
 from common.models import DenseExtractor, ResNetEncoder
 from common.probe import _summary

@@ -9,33 +9,55 @@ import byol_pretrain
 import dense_distill
 import regress
 from common.models import ResNetEncoder
-from common.optim import effective_lr
+from common.optim import effective_lr, warmup_cosine
+from tests.test_byol_pretrain import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["--arch", "resnet18", "--proj_hidden", "32", "--proj_dim", "16", "--crop_size", "32"]
 
 
 def test_effective_lr_scales_with_the_images_of_an_update():
-    assert effective_lr(0.1, 256) == pytest.approx(0.1)
-    assert effective_lr(0.1, 64) == pytest.approx(0.025)
-    assert effective_lr(0.1, 64, grad_accum=4) == pytest.approx(0.1)              # 256 images per update
+    assert effective_lr(0.1, 256) == pytest.approx(0.1)                            # 256 images: the base rate
+    assert effective_lr(0.1, 64) == pytest.approx(0.025)                           # a quarter of them: 0.1 / 4
+    assert effective_lr(0.1, 64, grad_accum=4) == pytest.approx(0.1)              # 64 x 4 = 256 images per update
+    assert effective_lr(1e-3, 512, grad_accum=2) == pytest.approx(4e-3)           # 1e-3 x 1024 / 256
+
+
+def test_warmup_cosine_factors_by_hand():
+    # warm-up 2 of 10 steps: 1/2, 2/2, then 0.5 (1 + cos(pi t / 8)) over the other 8
+    assert [warmup_cosine(s, 2, 10) for s in (0, 1, 2)] == pytest.approx([0.5, 1.0, 1.0])
+    assert warmup_cosine(4, 2, 10) == pytest.approx(0.5 + 0.5 * 2 ** -0.5)         # t = 2: cos(pi / 4)
+    assert warmup_cosine(6, 2, 10) == pytest.approx(0.5)                           # t = 4, the midpoint: cos(pi / 2)
+    assert warmup_cosine(10, 2, 10) == pytest.approx(0.0) and warmup_cosine(12, 2, 10) == pytest.approx(0.0)
+
+
+def test_a_run_trains_at_the_rule_s_rate_on_its_schedule(cache_dir, tmp_path):
+    """Stage 1 end to end: 3.2e-2 per 256 images at batch 8 and --grad_accum 2 is 3.2e-2 x 16 / 256 = 2e-3,
+    recorded in args.json; the lr logged after step s (the optimiser's, which step s + 1 applies) is 2e-3 times
+    the schedule's factor: 40 images of batch 8 make 5 steps an epoch, --warmup_epochs 0.4 two of the 6."""
+    byol_pretrain.main(byol_pretrain.get_args_parser().parse_args(
+        TINY + ["--output_dir", str(tmp_path), "--max_steps", "6", "--warmup_epochs", "0.4", "--grad_accum", "2",
+                "--probe_pairs", "0"]))
+    assert json.loads((tmp_path / "args.json").read_text())["effective_lr"] == pytest.approx(2e-3)
+    logged = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    # after steps 1-6: warm-up 2/2, then 0.5 (1 + cos(pi t / 4)) at t = 0, 1, 2, 3, 4
+    c = 0.5 * 2 ** -0.5
+    assert logged == pytest.approx([2e-3 * f for f in (1.0, 1.0, 0.5 + c, 0.5, 0.5 - c, 0.0)], abs=1e-12)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars", "adam"])
-def test_stage1_applies_the_rule_to_every_optimizer(optimizer):
-    """Adam was used unscaled before the rule: now every optimiser gets 0.1 x 64 x 2 / 256."""
-    args = byol_pretrain.get_args_parser().parse_args(SMALL + ["--optimizer", optimizer, "--lr", "0.1",
-                                                               "--batch_size", "64", "--grad_accum", "2"])
-    _, _, opt, _, _ = byol_pretrain.build(args, steps_per_epoch=10)
-    assert [g["initial_lr"] for g in opt.param_groups] == [pytest.approx(0.05)] * len(opt.param_groups)
+def test_stage1_gives_every_optimizer_group_the_run_s_rate(optimizer):
+    """Adam was used unscaled before the rule: every optimiser, every group (LARS has two), at the lr it is given."""
+    args = byol_pretrain.get_args_parser().parse_args(SMALL + ["--optimizer", optimizer])
+    _, _, opt = byol_pretrain.build(args, 0.05)
+    assert [g["lr"] for g in opt.param_groups] == [0.05] * len(opt.param_groups)
 
 
-def test_stage2_applies_the_rule_with_accumulation():
-    args = dense_distill.get_args_parser().parse_args(["--init_from", "unused", "--crop_size", "32", "--lr", "0.1",
-                                                       "--batch_size", "32", "--grad_accum", "4",
+def test_stage2_gives_its_optimizer_the_run_s_rate():
+    args = dense_distill.get_args_parser().parse_args(["--init_from", "unused", "--crop_size", "32",
                                                        "--fpn_width", "16", "--feature_dim", "8"])
-    _, opt, _, _ = dense_distill.build(args, ResNetEncoder("resnet18", input_size=32), steps_per_epoch=10)
-    assert opt.param_groups[0]["initial_lr"] == pytest.approx(0.05)
+    _, opt = dense_distill.build(args, ResNetEncoder("resnet18", input_size=32), 0.05)
+    assert [g["lr"] for g in opt.param_groups] == [0.05] * len(opt.param_groups)
 
 
 def test_regress_applies_the_rule_to_the_flag_not_to_a_smaller_batch(monkeypatch):

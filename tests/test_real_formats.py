@@ -179,14 +179,15 @@ def test_resume_accepts_a_flag_added_since_at_its_default(tmp_path):
     """regress.py's --score_split came after runs were written: their args.json lacks it, and its default
     ("test") is the same run; another value is not."""
     import regress
+    from common.cli import flag_defaults
     from common.training import check_resume_args
     parser = regress.get_args_parser()
     args = parser.parse_args(["--features_from", "random-resnet18"])
     (tmp_path / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "score_split"},
                                                    default=str))
-    check_resume_args(vars(args), tmp_path, parser=parser)
+    check_resume_args(vars(args), tmp_path, defaults=flag_defaults(parser, vars(args)))
     with pytest.raises(UserError, match=r"\(score_split\)"):
-        check_resume_args(vars(args), tmp_path)                        # without the parser: not known to be off
+        check_resume_args(vars(args), tmp_path)                        # without the defaults: not known to be off
     with pytest.raises(UserError, match=r"\(score_split\)"):
         check_resume_args(vars(parser.parse_args(["--features_from", "random-resnet18", "--score_split", "val"])),
-                          tmp_path, parser=parser)
+                          tmp_path, defaults=flag_defaults(parser, vars(args)))

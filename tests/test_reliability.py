@@ -15,7 +15,7 @@ import byol_pretrain
 import dense_distill
 from common.errors import UserError
 from common.models import ResNetEncoder
-from common.training import checkpoint_dirs
+from common.checkpoint import checkpoint_dirs
 from conftest import ROOT
 
 STAGE1 = ["--arch", "resnet18", "--crop_size", "32", "--image_size", "32", "--num_images", "40", "--batch_size", "8",

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from skimage.data import astronaut
 
-from common.augment import warped_pairs
+from common.warps import warped_pairs
 from common.metrics import match
 
 

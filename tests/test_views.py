@@ -4,9 +4,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
-from common.augment import (VIEW1, VIEW2, ViewConfig, blur, byol_views, colour, crop_theta, make_views, view_configs,
-                            view_params)
+from common.views import (VIEW1, VIEW2, ViewConfig, blur, byol_views, colour, crop_theta, make_views, view_configs,
+                          view_params)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PLAIN = ViewConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, jitter=0.0, grey=0.0, blur=0.0, solarize=0.0)
@@ -94,15 +95,16 @@ def test_grey_and_brightness_against_hand_values():
     assert torch.allclose(colour(x, p), (x * 1.5).clamp(0, 1), atol=1e-5)
 
 
-def test_blur_matches_a_gaussian_and_keeps_unblurred_images():
-    x = torch.zeros(2, 3, 224, 224)
-    x[:, :, 112, 112] = 1.0
-    p = {"sigma": torch.tensor([2.0, 2.0]), "blur": torch.tensor([1.0, 0.0])}
-    y = blur(x, p)
-    assert torch.equal(y[1], x[1])
-    row = y[0, 0, 112, 112 - 5:112 + 6]
-    t = torch.arange(-5, 6, dtype=torch.float32)
-    g = torch.exp(-0.5 * (t / 2.0) ** 2)
-    g = g / torch.exp(-0.5 * (torch.arange(-11, 12, dtype=torch.float32) / 2.0) ** 2).sum()  # 23 taps
-    assert torch.allclose(row, g * g[5], atol=1e-5)
-    assert y[0].sum(dim=(1, 2)).allclose(torch.ones(3), atol=1e-4)
+def test_blur_matches_torchvision_and_keeps_unblurred_images():
+    """Against torchvision's gaussian_blur (reflect padding too, so the whole image, borders included), each image
+    at its own sigma: BYOL's 23-tap kernel at 224 px, and at 112 px sigma and kernel halved (sigma in 224 px units;
+    at sigma 1, 11 or 13 taps differ by < 1e-6)."""
+    g = gen(3)
+    x = torch.rand(3, 3, 224, 224, generator=g)
+    y = blur(x, {"sigma": torch.tensor([2.0, 0.5, 2.0]), "blur": torch.tensor([1.0, 1.0, 0.0])})
+    for i, sigma in enumerate((2.0, 0.5)):
+        torch.testing.assert_close(y[i], TF.gaussian_blur(x[i], [23, 23], [sigma, sigma]), atol=1e-5, rtol=0)
+    assert torch.equal(y[2], x[2])
+    half = torch.rand(1, 3, 112, 112, generator=g)
+    torch.testing.assert_close(blur(half, {"sigma": torch.tensor([2.0]), "blur": torch.ones(1)})[0],
+                               TF.gaussian_blur(half[0], [13, 13], [1.0, 1.0]), atol=1e-5, rtol=0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from .names import FORMATS, SYNTHETIC_SPLITS  # noqa: F401 (the data layer's API)
 
 if TYPE_CHECKING:
     import datasets
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 # the readers, the synthetic faces and the cache import `datasets` (about a second): they load on first use, so
 # that tools which only parse these flags (match.py) start fast
 __all__ = ["DataSpec", "TensorCache", "load_split", "load_tensors", "describe"]
-FORMATS = ("celeba", "mafl", "aflw_m", "aflw_r", "300w", "cub", "mtfl", "ptsfolder", "imagefolder")   # READERS' keys
-SYNTHETIC_SPLITS = {"pretrain": 5000, "train": 1000, "val": 300, "test": 500}
 
 
 def __getattr__(name: str):

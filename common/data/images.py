@@ -76,8 +76,9 @@ def png_bytes(img: Image.Image) -> bytes:
 
 
 def features(num_points: int | None) -> datasets.Features:
-    """The project's row format (DESIGN.md), plus `box`: the protocol's face square (x0, y0, x1, y1)
-    in the image's pixel coordinates, edges included, that preprocessing crops and resizes."""
+    """The project's row format (the README's "Data": image, identity, landmarks, visible), plus `box`: the
+    protocol's face square (x0, y0, x1, y1) in the image's pixel coordinates, edges included, that preprocessing
+    crops and resizes."""
     f = {"image": datasets.Image(), "identity": datasets.Value("int64"),
          "box": datasets.List(datasets.Value("float32"), length=4)}
     if num_points:

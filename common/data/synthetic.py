@@ -26,9 +26,10 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
-from . import SYNTHETIC_SPLITS, faces
+from . import faces
 from .cache import TensorCache
 from .images import png_bytes
+from .names import SYNTHETIC_SPLITS
 
 logger = logging.getLogger("lead.data")
 SPLITS = SYNTHETIC_SPLITS
