@@ -148,7 +148,12 @@ def test_faces_batched_across_images_are_those_of_each_image_alone(tmp_path, mod
     for rec in lines(tmp_path / "p.jsonl").values():
         if "error" not in rec:
             faces, _ = predictor(open_rgb(rec["path"], exif=True))
-            assert rec["faces"] == faces, rec["path"]
+            # the same faces, to the last rounded digit: batches of other sizes may take other CPU kernels, whose
+            # last bits differ (seen on an Intel Xeon: 175.46 against 175.47)
+            assert len(rec["faces"]) == len(faces), rec["path"]
+            for got, alone in zip(rec["faces"], faces):
+                for key in ("box", "points", "score"):
+                    assert np.asarray(got[key]) == pytest.approx(np.asarray(alone[key]), abs=0.011), rec["path"]
 
 
 def test_user_errors_are_one_line(tmp_path, models, photos, monkeypatch):
