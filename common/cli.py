@@ -164,7 +164,7 @@ def schedule_args(g, lr: float, lr_what: str, epochs: int) -> None:
 
 
 def view_args(parser: argparse.ArgumentParser) -> None:
-    """The two augmented views of each image in stages 1 and 2 (common.augment.view_configs)."""
+    """The two augmented views of each image in stages 1 and 2 (common.views.view_configs)."""
     g = parser.add_argument_group("Views")
     g.add_argument("--crop_size", type=at_least(16), default=96, help="side of each augmented view (default 96)")
     g.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
