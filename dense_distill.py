@@ -168,6 +168,11 @@ def build(args, teacher: ResNetEncoder, lr: float):
     return model, torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay, fused=True)
 
 
+def needs_teacher_maps(args) -> bool:
+    """Whether a step runs the teacher: LEAD's target, or the maps a frozen student encoder reads."""
+    return "lead" in args.objective or not args.unfreeze_encoder
+
+
 def train_step(accelerator, model, teacher, opt, sched, images, args, step, chunk):
     v1, v2, p1, p2 = make_views(images, step, args.seed, view_configs(args.crop_size, args.crop_scale, args.flip),
                                   accelerator.process_index, accelerator.num_processes)
@@ -175,7 +180,7 @@ def train_step(accelerator, model, teacher, opt, sched, images, args, step, chun
     # the teacher outside the prepared model: Accelerate would cast its outputs, h included, to fp32
     maps = h = None
     with accelerator.autocast(), torch.no_grad():
-        if "lead" in args.objective or not args.unfreeze_encoder:    # LEAD's target, or a frozen student's maps
+        if needs_teacher_maps(args):
             maps = teacher.layers(views)
         if "lead" in args.objective:
             h = rearrange(teacher.hypercolumn_of(maps), "b c h w -> b (h w) c")

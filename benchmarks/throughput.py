@@ -186,7 +186,7 @@ def network_alone(b, teacher: ResNetEncoder):
     model, opt = accelerator.prepare(model, opt)
     teacher = teacher.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     views = torch.rand(2 * b.batch, 3, b.size, b.size, device=dev).contiguous(memory_format=torch.channels_last)
-    needs_teacher = "lead" in args.objective or not args.unfreeze_encoder
+    needs_teacher = dense_distill.needs_teacher_maps(args)
 
     def step(i: int):
         maps = None
@@ -256,7 +256,7 @@ def baseline(b, files: list[Path], teacher: ResNetEncoder | None):
     if b.stage == 1:
         args = script_args(b, b.flags + ["--no_channels_last", "--mixed_precision", "no"])
         model, target, opt = byol_pretrain.build(args, script_lr(args))
-        total = args.max_steps
+        total, _ = schedule_steps(args.max_steps, args.epochs, args.warmup_epochs, 100)
         model, target = model.to(dev).train(), target.to(dev).train()
         pairs = list(zip(*byol_pretrain.ema_pairs(model, target)))
     else:
