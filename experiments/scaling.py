@@ -115,7 +115,7 @@ def report(rows: list[dict], main: list[dict], paper: float) -> list[str]:
                      " | ".join(f"{r['metrics'][(s, k)]:.2f}" for _, s, k in METRICS) + " |")
     x = np.log10([r["flops"] for r in main])
     lines += ["", f"Trend on the {len(main)} runs of {main[0]['arch']}, {main[0]['size']} px: a power law, "
-              "log10(% IOD) = a + b log10(FLOPs), fitted by least squares; the paper's compute, {paper:.3g} FLOPs, is "
+              f"log10(% IOD) = a + b log10(FLOPs), fitted by least squares; the paper's compute, {paper:.3g} FLOPs, is "
               f"{math.log10(paper) - x.max():.1f} decades beyond the largest run.", "",
               "| metric | factor per 10x compute | at the paper's compute | 95 % interval of the line |",
               "| --- | --- | --- | --- |"]

@@ -41,3 +41,16 @@ def test_flops_per_image_do_not_depend_on_the_batch_they_are_counted_at():
     flags = ["--objective", "lead+dve", "--dve_channels", "8", "--feature_dim", "16", "--fpn_width", "16"]
     two, four = (scaling.flops_per_image(2, "resnet18", 32, flags, b) for b in (2, 4))
     assert two > 0 and four == pytest.approx(two, rel=0.05)
+
+
+def test_report_states_an_exact_power_law_and_the_paper_s_compute():
+    """Metrics that fall exactly as 10 * (FLOPs / 1e13) ** -0.3: the table reads x0.50 per tenfold compute
+    (10 ** -0.3 = 0.501), 10 * 1e4 ** -0.3 = 0.63 at 1e17 FLOPs with a zero-width interval, and says the paper's
+    compute and its distance in decades as numbers."""
+    rows = [{"name": f"r{i}", "arch": "resnet18", "size": 64, "steps": (i, 2 * i), "flops": flops, "wall_s": 60.0,
+             "metrics": {(s, k): 10 * (flops / 1e13) ** -0.3 for _, s, k in scaling.METRICS}}
+            for i, flops in enumerate((1e13, 1e14, 1e15), 1)]
+    text = "\n".join(scaling.report(rows, rows, paper=1e17))
+    assert "the paper's compute, 1e+17 FLOPs, is 2.0 decades beyond the largest run" in text
+    assert "| LEAD-64 same | x0.50 | 0.63 | 0.63 to 0.63 |" in text
+    assert "| r2 | resnet18, 64 px | 2, 4 | 1e+14 | 1.0 | 5.01 |" in text
