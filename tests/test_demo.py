@@ -96,8 +96,8 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     for section in ("## Goals", "## Landmark regression (MTFL -> AFLW_M test", "## Landmark regression (68 points",
-                    "## Few labels (MTFL -> AFLW_M test)", "## Matching by DVE's protocol", "AFLW test faces (5 points)",
-                    "AFW (68 points)", "## A matching picture", "## Wall time"):
+                    "## Few labels (MTFL -> AFLW_M test)", "## Matching by DVE's protocol",
+                    "AFLW test faces (5 points)", "AFW (68 points)", "## A matching picture", "## Wall time"):
         assert section in report, section
     assert "LEAD 6.23, ContrastLandmark 6.99, DVE 7.53" in report and "| random-resnet18 |" in report
     assert "LEAD 4.66, ContrastLandmark 5.22, DVE 4.65" in report and "| supervised-lead-64 |" in report
@@ -110,6 +110,8 @@ def test_quick_real_demo_on_the_formats_as_shipped(tmp_path):
     assert not re.search(r"\b(nan|inf)\b", report, re.I) and (out / "match.png").stat().st_size > 1000
     args = json.loads((out / "byol" / "args.json").read_text())
     assert args["dataset"] == "mtfl" and args["add_data"] == [f"imagefolder:{data / 'celeba_half'}"]
+    distill = json.loads((out / "distill" / "args.json").read_text())      # the real recipe's sharper teacher
+    assert (distill["teacher_tau"], distill["tau"], distill["objective"]) == (0.02, 0.05, "lead+dve")
     bad = subprocess.run(["bash", "demo.sh", "--real", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "nowhere/mtfl/training.txt not found" in bad.stderr
