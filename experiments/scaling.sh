@@ -19,7 +19,8 @@ S1_STEPS=$(steps 500) S2_STEPS=$(steps 1000)
 every() { $PY -c "import sys; print(max(2, int(sys.argv[1]) // 5))" "$1"; }
 IMAGE=$(( SIZE > 64 ? SIZE * 2 : 128 ))     # the recipe: 64 px views of 128 px images
 PRE=(--dataset mtfl --data_dir "$D/mtfl" --add_data "imagefolder:$D/celeba_half" --image_size "$IMAGE")
-# demo.sh --real's flags (S1, S2), the steps and the shape aside; S2_FLAGS replaces stage 2's objective flags
+# demo.sh --real's flags (S1, S2), the steps and the shape aside; S2_FLAGS replaces stage 2's objective flags (the
+# default is the recipe the study ran, before demo.sh took --teacher_tau 0.02: experiments/stage2_precision.md)
 S1=(--arch "$ARCH" --crop_size "$SIZE" --batch_size 64 --lr 4e-3 --max_steps "$S1_STEPS" --checkpoint_every
     "$(every "$S1_STEPS")" --proj_hidden 512 --warmup_epochs 0.1 --optimizer adam --objective pixel --dve_weight 4
     --crop_scale 0.3 1 --flip 0 --probe_pairs 0)
