@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 30, part 1: where does stage 2 lose the hypercolumn's precision on the same face?
-# Stage 2 of the real recipe (demo.sh --real) at a quarter of its steps (250 of 32), from the recipe's stage 1 at half
-# (INIT, default runs/scaling/resnet18_64_x0.5/byol/final: experiments/scaling.sh's budget 0.5), one flag changed
-# per row; each judged on MTFL's validation split only
+# Stage 2 of the real recipe (demo.sh --real, before it took --teacher_tau 0.02) at a quarter of its steps (250 of
+# 32), from the recipe's stage 1 at half (INIT, default runs/scaling/resnet18_64_x0.5/byol/final: experiments/
+# scaling.sh's budget 0.5), one flag changed per row; each judged on MTFL's validation split only
 # (match.py --benchmark --split val --pairs 300 --size 64). Finished rows are skipped, so it can be run again.
 #   bash experiments/stage2_precision.sh DATA_DIR [VARIANT ...]     # default: every variant below
 set -euo pipefail
