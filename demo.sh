@@ -111,10 +111,10 @@ S1+=(--arch resnet18 --warmup_epochs 0.1 --optimizer adam --objective pixel --dv
      --flip 0)
 S2+=(--warmup_epochs 0.1 --lr 1e-2 --crop_scale 0.3 1 --flip 0 --objective lead+dve --dve_channels 32 --dve_weight 4
      --unfreeze_encoder --keep_frozen 1)
-# on real faces the teacher's similarities are sharpened (0.02, the student's stay at --tau 0.05): LEAD-64 keeps more of
-# the hypercolumn's same-face precision (experiments/stage2_precision.md, chosen on MTFL's validation split)
-if [ -n "$REAL" ]; then S2+=(--teacher_tau 0.02); fi
 if [ -n "$REAL" ]; then
+    # on real faces the teacher's similarities are sharpened (0.02; the student's stay at --tau 0.05): LEAD-64 keeps
+    # more of the hypercolumn's same-face precision (experiments/stage2_precision.md, chosen on MTFL's validation split)
+    S2+=(--teacher_tau 0.02)
     run_stage byol final/model.safetensors "${LAUNCH[@]}" byol_pretrain.py "${PRE[@]}" "${DATA[@]}" "${S1[@]}"
     run_stage distill final/model.safetensors "${LAUNCH[@]}" dense_distill.py "${PRE[@]}" "${DATA[@]}" "${S2[@]}" \
         --init_from "$OUT/byol/final"
