@@ -13,7 +13,7 @@ defaults) for 20 epochs, each epoch CelebA's 162,770 training images; counted at
 images seen. The trend is a power law, least squares of log10 of each metric on log10(FLOPs) (errors stay
 positive, and fall by a constant factor per decade); the interval is the 95 % confidence interval of that line
 (Student's t with n - 2 degrees of freedom), which says nothing of whether the line holds beyond the runs' range
-(a floor the error cannot go below, which three runs cannot locate, would bend it).
+(a floor the error cannot go below, which a few runs cannot locate, would bend it).
 """
 from __future__ import annotations
 
