@@ -86,8 +86,9 @@ def test_chunked_and_full_loss_agree_in_a_run(cache_dir, tmp_path, teacher):
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6) and len(losses[0]) == 2
 
 
-def test_teacher_similarities_stay_bf16_under_mixed_precision(cache_dir, tmp_path, teacher, monkeypatch):
-    # Accelerate casts a prepared model's outputs to fp32; the teacher runs outside it, so h stays bf16
+def test_teacher_hypercolumn_stays_bf16_under_mixed_precision(cache_dir, tmp_path, teacher, monkeypatch):
+    # Accelerate casts a prepared model's outputs to fp32; the teacher runs outside it, so its layers and h stay bf16
+    # (half its cost); lead_loss then takes h's similarities in fp32 (test_lead_loss.py)
     seen = []
 
     def spy(f_i, f_j, h_i, h_j, *rest):

@@ -105,6 +105,18 @@ def test_bf16_teacher_gives_an_fp32_loss_close_to_fp32(one_thread, chunk):
     torch.testing.assert_close(half, full, rtol=1e-3, atol=0)                   # ~1e-4 here; bf16 cosines
 
 
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_bf16_teacher_similarities_are_computed_in_fp32(one_thread, chunk):
+    """A bf16 teacher is read exactly as its values in fp32: only h's storage is rounded, not its cosines (their
+    bf16 rounding cost same-face precision at a sharp teacher, experiments/bf16.md). Against the equations in
+    float64 on the same rounded h."""
+    f_i, f_j, h_i, h_j = features(torch.float32)
+    h_i, h_j = h_i.bfloat16(), h_j.bfloat16()
+    got = lead_loss(f_i, f_j, h_i, h_j, TAU, chunk=chunk, teacher_tau=0.02)
+    want = reference(*(t.double() for t in (f_i, f_j, h_i, h_j)), teacher_tau=0.02)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+
+
 def test_autocast_does_not_lower_the_precision(one_thread):
     """Inside the model's forward under bf16 autocast, the loss still computes in fp32."""
     f_i, f_j, h_i, h_j = features(torch.float32)
