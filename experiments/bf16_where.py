@@ -1,9 +1,10 @@
 """Where would bf16 cost stage 2 accuracy? The LEAD target p and the student's q are softmaxes of cosines / tau;
-under bf16 autocast the teacher's layers, its hypercolumn and their similarities are computed in bf16 (8 bits of
-mantissa: a cosine near 1 is off by up to ~0.004, i.e. 0.2 logits at tau 0.02). This measures, on real views as
-stage 2 draws them (MTFL's training split, the recipe's 64 px crops), how far each bf16 part moves the
-distributions from the same computation in fp32: KL(fp32 || bf16) per row in nats beside the row's entropy, and
-how often the row's arg-max changes. Nothing is trained; a few seconds on a CPU (issue 30, item 4).
+under bf16 autocast the teacher's layers and hypercolumn are computed in bf16, and lead_loss took their similarities
+in bf16 too until experiments/bf16.md found the cost (8 bits of mantissa: a cosine near 1 is off by up to ~0.004,
+i.e. 0.2 logits at tau 0.02). This measures, on real views as stage 2 draws them (MTFL's training split, the
+recipe's 64 px crops), how far each bf16 part moves the distributions from the same computation in fp32:
+KL(fp32 || bf16) per row in nats beside the row's entropy, and how often the row's arg-max changes. Nothing is
+trained; a few seconds on a CPU (issue 30, item 4).
 
     python experiments/bf16_where.py --teacher runs/scaling/resnet18_64_x1/byol/final \
         --student runs/scaling_tt02/resnet18_64_x1/distill/final --data ../shared/data/mtfl
@@ -26,7 +27,7 @@ from common.views import make_views, view_configs  # noqa: E402
 
 
 def rows(x: torch.Tensor) -> torch.Tensor:
-    """Maps [B, C, h, w] -> unit rows [B, N, C] in the maps' own dtype (lead_loss normalises h in h's dtype)."""
+    """Maps [B, C, h, w] -> unit rows [B, N, C] in the maps' own dtype (lead_loss did, before its fix)."""
     return F.normalize(rearrange(x, "b c h w -> b (h w) c"), dim=-1)
 
 
