@@ -32,7 +32,7 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_rows(a: torch.Tensor, b: torch.Tensor, tau: float, bf16_product: bool = False) -> torch.Tensor:
-    """Row softmax of cos(a_u, b_k) / tau [B, N, N]; the product in bf16 (as lead_loss does with a bf16 teacher)."""
+    """Row softmax of cos(a_u, b_k) / tau [B, N, N]; the product in bf16 (as lead_loss did with a bf16 teacher)."""
     a, b = (t.to(torch.bfloat16 if bf16_product else torch.float32) for t in (a, b))
     return F.softmax(torch.einsum("buc,bkc->buk", a, b).float() / tau, dim=-1)
 

@@ -102,7 +102,7 @@ def test_bf16_teacher_gives_an_fp32_loss_close_to_fp32(one_thread, chunk):
     full = lead_loss(f_i, f_j, h_i, h_j, TAU, chunk=chunk)
     half = lead_loss(f_i, f_j, h_i.bfloat16(), h_j.bfloat16(), TAU, chunk=chunk)
     assert half.dtype == torch.float32
-    torch.testing.assert_close(half, full, rtol=1e-3, atol=0)                   # ~1e-4 here; bf16 cosines
+    torch.testing.assert_close(half, full, rtol=1e-3, atol=0)                   # ~1e-4 here; h stored in bf16
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
